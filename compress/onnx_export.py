@@ -1,0 +1,107 @@
+"""ONNX export through optimum, validated against PyTorch on real task inputs.
+
+optimum's exporter writes ``model.onnx`` plus config and tokenizer, so the directory
+loads with ``ORTModelForSequenceClassification.from_pretrained``. Our validation is
+stricter than optimum's random-input check: the exported graph and the PyTorch model
+run the same real sentences at batch 1 and at a padded batch, every mismatch beyond
+``atol`` (or any argmax disagreement) is collected, and any failure raises
+``ExportValidationError`` -- never a warning.
+"""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from chain.errors import ExportValidationError, ModelError
+
+
+@dataclass
+class OnnxExportConfig:
+    opset: int = 17
+    atol: float = 1e-4  # max |logit difference| allowed, fp32 vs fp32
+    validation_samples: int = 32
+
+    def __post_init__(self) -> None:
+        if self.opset < 14:
+            raise ValueError(f"opset must be >= 14 (needed for BERT attention ops), got {self.opset}")
+        if self.atol <= 0:
+            raise ValueError(f"atol must be positive, got {self.atol}")
+
+
+def ort_session(model_path: str | Path, threads: int = 1):
+    """An ONNX Runtime CPU session with fixed threads and spinning off.
+
+    Spinning worker threads keep burning cores after a call returns and slow down
+    whatever runs next in the process (PyTorch included), so every session we time
+    turns it off.
+    """
+    import onnxruntime as ort
+
+    so = ort.SessionOptions()
+    so.intra_op_num_threads = threads
+    so.inter_op_num_threads = 1
+    so.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    so.add_session_config_entry("session.inter_op.allow_spinning", "0")
+    so.log_severity_level = 3
+    return ort.InferenceSession(str(model_path), so, providers=["CPUExecutionProvider"])
+
+
+def onnx_logits(session, enc: dict) -> np.ndarray:
+    names = {i.name for i in session.get_inputs()}
+    feed = {k: np.asarray(v, dtype=np.int64) for k, v in enc.items() if k in names}
+    return session.run(None, feed)[0]
+
+
+def compare_logits(ref_model, session, tokenizer, texts: list[str], atol: float,
+                   batch_sizes=(1, 8), max_length: int = 128) -> dict:
+    """Run both models on ``texts``; return max abs diff and every failing batch."""
+    failures, max_diff, agree, n = [], 0.0, 0, 0
+    for bs in batch_sizes:
+        for i in range(0, len(texts), bs):
+            enc = tokenizer(texts[i:i + bs], padding=True, truncation=True, max_length=max_length,
+                            return_tensors="np")
+            with torch.inference_mode():
+                ref = ref_model(**{k: torch.from_numpy(v) for k, v in enc.items()}).logits.float().numpy()
+            got = onnx_logits(session, enc)
+            diff = float(np.abs(ref - got).max())
+            max_diff = max(max_diff, diff)
+            same = ref.argmax(-1) == got.argmax(-1)
+            agree += int(same.sum())
+            n += len(same)
+            if diff > atol or not same.all():
+                failures.append(f"batch {bs} rows {i}..{i + len(same) - 1}: max|diff|={diff:.2e}, "
+                                f"argmax disagreements={int((~same).sum())}")
+    return {"max_abs_diff": max_diff, "argmax_agreement": agree / max(n, 1), "failures": failures}
+
+
+def export_onnx(model_dir: Path, out_dir: Path, texts: list[str], config: OnnxExportConfig = OnnxExportConfig(),
+                trust_remote_code: bool = False) -> dict:
+    """Export ``model_dir`` (HF format) to ``out_dir``; validate on ``texts``; return the report."""
+    from optimum.exporters.onnx import main_export
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    for name in ("optimum", "transformers"):
+        logging.getLogger(name).setLevel(logging.ERROR)
+    try:
+        main_export(str(model_dir), output=str(out_dir), task="text-classification", opset=config.opset,
+                    do_validation=False, library_name="transformers", trust_remote_code=trust_remote_code,
+                    local_files_only=True)
+    except (KeyError, ValueError) as e:
+        raise ModelError(f"optimum cannot export {model_dir} to ONNX ({e}); "
+                         "chainpress exports BERT-family sequence classifiers") from None
+    if not texts:
+        raise ExportValidationError("no validation texts given; export needs real task inputs to check")
+    ref = AutoModelForSequenceClassification.from_pretrained(model_dir, use_safetensors=True).eval()
+    tok = AutoTokenizer.from_pretrained(out_dir)
+    report = compare_logits(ref, ort_session(out_dir / "model.onnx"), tok, texts[:config.validation_samples],
+                            config.atol)
+    if report["failures"]:
+        raise ExportValidationError(
+            f"ONNX export of {model_dir} does not match PyTorch within atol={config.atol}: "
+            + "; ".join(report["failures"][:5]) + " -- raise `atol` only if this drift is acceptable")
+    return {"validation": {k: v for k, v in report.items() if k != "failures"},
+            "validation_samples": min(len(texts), config.validation_samples), "atol": config.atol}

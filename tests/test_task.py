@@ -1,0 +1,71 @@
+import json
+
+import pytest
+
+from chain.errors import DataError, SpecError
+from chain.task import Task, builtin_task
+from tests.conftest import write_tsv
+
+
+def test_builtin_sst2_sizes():
+    t = builtin_task("sst2")
+    assert [len(t.load(s)) for s in ("train", "dev", "test")] == [6920, 872, 1821]
+    assert set(t.load("test").labels) == {0, 1}
+
+
+def test_subj_holdout_is_disjoint_and_seeded():
+    t = builtin_task("subj")
+    parts = {s: t.load(s) for s in ("train", "dev", "test")}
+    assert [len(parts[s]) for s in ("train", "dev", "test")] == [8000, 1000, 1000]
+    texts = [set(p.texts) for p in parts.values()]
+    assert not (texts[0] & texts[1]) and not (texts[0] & texts[2])
+    assert builtin_task("subj").load("dev").texts == parts["dev"].texts
+
+
+def test_unknown_builtin():
+    with pytest.raises(SpecError, match="unknown built-in task"):
+        builtin_task("imdb")
+
+
+@pytest.mark.parametrize("fmt", ["csv", "jsonl"])
+def test_csv_and_jsonl(tmp_path, fmt):
+    p = tmp_path / f"d.{fmt}"
+    if fmt == "csv":
+        p.write_text('text,y\n"good, really",1\nbad,0\n')
+    else:
+        p.write_text(json.dumps({"text": "good, really", "y": 1}) + "\n" + json.dumps({"text": "bad", "y": 0}) + "\n")
+    s = Task("t", {"train": str(p)}, 2, "text", "y").load("train")
+    assert s.texts == ["good, really", "bad"] and s.labels == [1, 0]
+
+
+def test_missing_file(tmp_path):
+    with pytest.raises(DataError, match="not found"):
+        Task("t", {"train": str(tmp_path / "nope.tsv")}, 2).load("train")
+
+
+def test_missing_label_column(tmp_path):
+    p = write_tsv(tmp_path / "a.tsv", [(1, "x")], header=("y", "sentence"))
+    with pytest.raises(DataError, match="no column 'label'.*label_column"):
+        Task("t", {"train": str(p)}, 2).load("train")
+
+
+def test_empty_file(tmp_path):
+    p = tmp_path / "e.tsv"
+    p.write_text("label\tsentence\n")
+    with pytest.raises(DataError, match="no data rows"):
+        Task("t", {"train": str(p)}, 2).load("train")
+
+
+@pytest.mark.parametrize("label,msg", [("pos", "not an integer"), ("7", "outside 0..1")])
+def test_bad_labels(tmp_path, label, msg):
+    p = write_tsv(tmp_path / "a.tsv", [(0, "fine"), (label, "x")])
+    with pytest.raises(DataError, match=f"line 3.*{msg}"):
+        Task("t", {"train": str(p)}, 2).load("train")
+
+
+def test_fingerprint_tracks_file_content(tmp_path):
+    p = write_tsv(tmp_path / "a.tsv", [(0, "x")])
+    t = Task("t", {"train": str(p)}, 2)
+    before = t.fingerprint()
+    write_tsv(p, [(1, "x")])
+    assert t.fingerprint() != before
