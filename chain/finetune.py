@@ -113,17 +113,20 @@ def freeze_(model, parts: list[str]) -> int:
     return n
 
 
-def _nan_guard():
-    from transformers import TrainerCallback
+def _guarded_trainer_cls():
+    """Trainer that stops at the first non-finite loss (Trainer's own logging filters NaNs out)."""
+    import torch
+    from transformers import Trainer
 
-    class NanGuard(TrainerCallback):
-        def on_log(self, args, state, control, logs=None, **kw):
-            loss = (logs or {}).get("loss")
-            if loss is not None and not math.isfinite(loss):
-                raise TrainingError(f"training loss became {loss} at step {state.global_step}; "
-                                    "lower the learning rate or check the labels")
+    class GuardedTrainer(Trainer):
+        def training_step(self, *args, **kwargs):
+            loss = super().training_step(*args, **kwargs)
+            if not torch.isfinite(loss).all():
+                raise TrainingError(f"training loss became {loss.item()} at step {self.state.global_step + 1}; "
+                                    "lower the learning rate or check the labels and inputs")
+            return loss
 
-    return NanGuard()
+    return GuardedTrainer
 
 
 def _accuracy(eval_pred) -> dict:
@@ -141,7 +144,7 @@ class FineTune:
     trust_remote_code: bool = False
 
     def run(self, parent: Artifact, out_dir: Path) -> dict:
-        from transformers import DataCollatorWithPadding, Trainer, TrainingArguments, set_seed
+        from transformers import DataCollatorWithPadding, TrainingArguments, set_seed
 
         cfg = self.config
         task = cfg.get_task()
@@ -161,15 +164,15 @@ class FineTune:
             save_safetensors=True, group_by_length=True, logging_steps=10, report_to=[],
             disable_tqdm=not cfg.show_progress, dataloader_num_workers=0, use_cpu=not _cuda(),
             **cfg.extra_args)
-        trainer = Trainer(model=model, args=args, train_dataset=_Encoded(tok, train, cfg.max_length),
+        trainer = _guarded_trainer_cls()(model=model, args=args, train_dataset=_Encoded(tok, train, cfg.max_length),
                           eval_dataset=_Encoded(tok, dev, cfg.max_length),
-                          data_collator=DataCollatorWithPadding(tok), compute_metrics=_accuracy,
-                          callbacks=[_nan_guard()])
+                          data_collator=DataCollatorWithPadding(tok), compute_metrics=_accuracy)
         out = trainer.train()
         if not math.isfinite(out.training_loss):
             raise TrainingError(f"training loss is {out.training_loss}; lower the learning rate")
         dev_metrics = trainer.evaluate()
-        trainer.save_model(str(out_dir))
+        # save_pretrained, not trainer.save_model: the latter also pickles training_args.bin
+        trainer.model.save_pretrained(out_dir, safe_serialization=True)
         tok.save_pretrained(out_dir)
         shutil.rmtree(scratch, ignore_errors=True)
         return {"format": "hf", "num_labels": task.num_labels, "task": task.to_dict(),

@@ -1,0 +1,95 @@
+"""bench end to end on a tiny model, its results.json contract, and its bad-input answers."""
+import json
+import subprocess
+import sys
+
+import pytest
+
+from bench.__main__ import build_config, parse
+from bench.run import run_bench
+from tests.conftest import REPO, write_tsv
+
+
+def _cli(*args, cwd=REPO):
+    return subprocess.run([sys.executable, "-m", "bench", *args], cwd=cwd, capture_output=True, text=True,
+                          timeout=300)
+
+
+def test_tiny_end_to_end(tiny_bert_dir, small_task_files, tmp_path):
+    a = parse(["--model", str(tiny_bert_dir), "--train", str(small_task_files["train"]),
+               "--dev", str(small_task_files["dev"]), "--test", str(small_task_files["test"]),
+               "--output", str(tmp_path / "out"), "--quick", "--threads", "1"])
+    cfg = build_config(a)
+    cfg.finetune.show_progress = False
+    res = run_bench(cfg, log=lambda *_: None)
+    saved = json.loads((tmp_path / "out" / "results.json").read_text())
+    assert saved["reference"] == "finetune" and saved["environment"]["threads"] == 1
+    assert [s["name"] for s in saved["stages"]] == ["finetune", "int8", "onnx", "onnx-int8"]
+    for s in saved["stages"]:
+        assert s["status"] == "ok", s
+        assert 0 <= s["accuracy"] <= 1 and s["test_examples"] == 48
+        assert s["latency_ms"]["batch"] == 1 and s["latency_ms"]["p50"] <= s["latency_ms"]["p90"] <= s["latency_ms"]["p99"]
+        assert s["throughput"]["batch"] == 32 and s["throughput"]["samples_per_s"] > 0
+        assert s["size_mb"] > 0
+    ref = saved["stages"][0]
+    assert ref["speedup"]["throughput"] == 1.0 and ref["accuracy_delta_points"] == 0
+    # fp32 ONNX computes the same function as the reference PyTorch model
+    assert saved["stages"][2]["accuracy"] == ref["accuracy"]
+    assert "| onnx-int8 |" in (tmp_path / "out" / "report.md").read_text()
+    assert res["stages"] == saved["stages"]
+
+
+def _one_line_error(p, *needles):
+    assert p.returncode == 2, p.stderr[-2000:]
+    assert "Traceback" not in p.stderr
+    lines = [ln for ln in p.stderr.strip().splitlines() if ln.startswith("error:")]
+    assert len(lines) == 1, p.stderr
+    for n in needles:
+        assert n in lines[0], lines[0]
+
+
+def test_cli_missing_data_file(tmp_path):
+    _one_line_error(_cli("--train", str(tmp_path / "nope.tsv"), "--test", str(tmp_path / "nope.tsv"),
+                         "--output", str(tmp_path / "o")), "not found", "nope.tsv")
+
+
+def test_cli_missing_label_column(tmp_path):
+    f = write_tsv(tmp_path / "d.tsv", [(1, "great")], header=("polarity", "sentence"))
+    _one_line_error(_cli("--train", str(f), "--test", str(f), "--output", str(tmp_path / "o")),
+                    "no column 'label'", "label_column")
+
+
+def test_cli_empty_file(tmp_path):
+    f = tmp_path / "e.tsv"
+    f.write_text("")
+    _one_line_error(_cli("--train", str(f), "--test", str(f), "--output", str(tmp_path / "o")), "no data rows")
+
+
+def test_cli_unknown_model_path(tmp_path):
+    _one_line_error(_cli("--model", str(tmp_path / "no-model"), "--output", str(tmp_path / "o")),
+                    "not a directory")
+
+
+def test_cli_pickled_weights_refused(tmp_path):
+    d = tmp_path / "m"
+    d.mkdir()
+    (d / "config.json").write_text(json.dumps({"model_type": "bert"}))
+    (d / "pytorch_model.bin").write_bytes(b"\0")
+    _one_line_error(_cli("--model", str(d), "--output", str(tmp_path / "o")), "safetensors")
+
+
+def test_cli_remote_code_needs_flag(tmp_path):
+    d = tmp_path / "m"
+    d.mkdir()
+    (d / "config.json").write_text(json.dumps({"model_type": "x", "auto_map": {"AutoModel": "m.X"}}))
+    _one_line_error(_cli("--model", str(d), "--output", str(tmp_path / "o")), "--trust-remote-code")
+
+
+@pytest.mark.slow
+def test_real_model_quick_chain(tmp_path):
+    """The embedded MiniLM through the whole default chain (`--quick`): ~1-2 minutes."""
+    p = _cli("--quick", "--output", str(tmp_path / "o"))
+    assert p.returncode == 0, p.stderr[-3000:]
+    saved = json.loads((tmp_path / "o" / "results.json").read_text())
+    assert all(s["status"] == "ok" for s in saved["stages"])
+    assert saved["stages"][2]["accuracy"] == saved["stages"][0]["accuracy"]

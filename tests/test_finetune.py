@@ -1,0 +1,71 @@
+import pytest
+import torch
+from safetensors.torch import load_file, save_file
+
+from chain.artifact import Artifact
+from chain.errors import SpecError
+from chain.finetune import FineTune, FineTuneConfig, freeze_
+from chain.runner import run_stages
+from chain.task import Task
+
+
+def _task(files) -> dict:
+    return Task("small", {k: str(v) for k, v in files.items()}, 2).to_dict()
+
+
+def test_finetune_tiny_writes_loadable_safetensors(tiny_bert, small_task_files, tmp_path):
+    from transformers import AutoModelForSequenceClassification
+
+    cfg = FineTuneConfig(task=_task(small_task_files), epochs=1, batch_size=16, show_progress=False,
+                         freeze=["embeddings"])
+    [res] = run_stages(Artifact.load(tiny_bert), [FineTune(cfg)], tmp_path / "out")
+    assert res.status == "ok", res.reason
+    d = res.artifact.path
+    assert (d / "model.safetensors").is_file() and not list(d.glob("*.bin")) and not (d / "_trainer").exists()
+    m = res.artifact.manifest
+    assert m["train"]["examples"] == 96 and m["train"]["dev_examples"] == 32
+    assert m["config"]["epochs"] == 1 and m["task"]["name"] == "small"
+    model = AutoModelForSequenceClassification.from_pretrained(d)
+    before = load_file(str(tiny_bert / "model.safetensors"))
+    after = load_file(str(d / "model.safetensors"))
+    emb = "bert.embeddings.word_embeddings.weight"
+    assert torch.equal(before[emb], after[emb])  # frozen
+    assert not torch.equal(before["classifier.weight"], after["classifier.weight"])  # trained
+    assert model.config.num_labels == 2
+
+
+def test_nan_loss_stops_stage_and_publishes_nothing(tiny_bert, small_task_files, tmp_path):
+    path = tiny_bert / "model.safetensors"
+    state = load_file(str(path))
+    state["classifier.weight"] = torch.full_like(state["classifier.weight"], float("nan"))
+    save_file(state, str(path), metadata={"format": "pt"})
+    cfg = FineTuneConfig(task=_task(small_task_files), epochs=1, batch_size=16, show_progress=False)
+    [res] = run_stages(Artifact.load(tiny_bert), [FineTune(cfg)], tmp_path / "out")
+    assert res.status == "failed" and "loss" in res.reason and "nan" in res.reason.lower()
+    assert not (tmp_path / "out" / "00-finetune").exists()
+
+
+def test_dev_holdout_when_task_has_no_dev(tiny_bert, small_task_files):
+    from chain.finetune import train_dev
+
+    files = {"train": small_task_files["train"], "test": small_task_files["test"]}
+    train, dev = train_dev(Task.from_dict(_task(files)), FineTuneConfig(task=_task(files)))
+    assert len(train) + len(dev) == 96 and len(dev) == 9 and not set(train.texts) & set(dev.texts)
+
+
+@pytest.mark.parametrize("kw,msg", [({"epochs": 0}, "epochs"), ({"learning_rate": "fast"}, "learning_rate"),
+                                    ({"freeze": ["decoder"]}, "freeze")])
+def test_config_validation(kw, msg):
+    with pytest.raises(SpecError, match=msg):
+        FineTuneConfig(**kw)
+
+
+def test_freeze_layers(tiny_bert):
+    from transformers import AutoModelForSequenceClassification
+
+    m = AutoModelForSequenceClassification.from_pretrained(tiny_bert)
+    n = freeze_(m, ["layers:1"])
+    assert n == sum(p.numel() for p in m.bert.encoder.layer[0].parameters())
+    assert all(p.requires_grad for p in m.bert.encoder.layer[1].parameters())
+    with pytest.raises(SpecError, match="has 2 layers"):
+        freeze_(m, ["layers:3"])
