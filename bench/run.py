@@ -12,16 +12,14 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from chain.artifact import Artifact, library_versions
-from chain.finetune import FineTune, FineTuneConfig, train_dev
+from chain.finetune import FineTuneConfig, train_dev
 from chain.model import _check_source
 from chain.runner import StageResult, run_stages
 from chain.task import Task
-from compress.stages import ExportOnnx, QuantizeInt8, QuantizeOnnxInt8
 
+from .chains import REFERENCE, default_stages
 from .harness import MeasureConfig, make_evaluator, measure_speed
 from .report import text_table, write_reports
-
-REFERENCE = "finetune"
 
 
 def default_model_path() -> str:
@@ -41,11 +39,6 @@ class BenchConfig:
     measure: MeasureConfig = field(default_factory=MeasureConfig)
     test_limit: int | None = None  # evaluate on the first N test sentences (quick mode)
     trust_remote_code: bool = False
-
-
-def default_stages(ft: FineTuneConfig) -> list:
-    return [FineTune(ft, name=REFERENCE), QuantizeInt8(name="int8", parent=REFERENCE),
-            ExportOnnx(name="onnx", parent=REFERENCE), QuantizeOnnxInt8(name="onnx-int8", parent="onnx")]
 
 
 def environment(threads: int) -> dict:
