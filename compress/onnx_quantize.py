@@ -36,6 +36,23 @@ def copy_aux(src: Path, dst: Path) -> None:
             shutil.copy2(src / name, dst / name)
 
 
+def attention_shape(hf_config: dict) -> tuple[int, int]:
+    """(num_heads, attention hidden size) for the fusion; (0, 0) lets ORT read them off the graph.
+
+    After head pruning the Q/K/V width is heads_left * head_dim, not hidden_size: giving
+    the fusion the unpruned head count would silently change the attention math.
+    """
+    heads, hidden = hf_config["num_attention_heads"], hf_config["hidden_size"]
+    pruned = hf_config.get("pruned_heads") or {}
+    if not pruned:
+        return heads, hidden
+    left = {heads - len(v) for v in pruned.values()}
+    if len(pruned) < hf_config["num_hidden_layers"] or len(left) != 1:
+        return 0, 0  # non-uniform: per-layer detection from the graph's Reshape constants
+    n = left.pop()
+    return n, n * (hidden // heads)
+
+
 def optimize_graph(src: Path, dst: Path, level: int, num_heads: int, hidden_size: int) -> None:
     """Transformer fusions with onnxruntime.transformers (what ORTOptimizer runs underneath)."""
     from onnxruntime.transformers.fusion_options import FusionOptions
@@ -51,18 +68,43 @@ def optimize_graph(src: Path, dst: Path, level: int, num_heads: int, hidden_size
     opt.save_model_to_file(str(dst))
 
 
-def quantize_onnx_int8(src_dir: Path, out_dir: Path, config: OrtInt8Config = OrtInt8Config()) -> dict:
+def check_fused_graph(original: Path, fused: Path, tokenizer_dir: Path, texts: list[str], atol: float = 1e-3) -> float:
+    """Fusions must not change the function: compare fp32 logits before/after; return max diff."""
+    import numpy as np
+    from transformers import AutoTokenizer
+
+    from chain.errors import ExportValidationError
+
+    from .onnx_export import onnx_logits, ort_session
+
+    tok = AutoTokenizer.from_pretrained(tokenizer_dir)
+    a, b = ort_session(original), ort_session(fused)
+    worst = 0.0
+    for i in range(0, len(texts), 8):
+        enc = dict(tok(texts[i:i + 8], padding=True, truncation=True, max_length=128, return_tensors="np"))
+        worst = max(worst, float(np.abs(onnx_logits(a, enc) - onnx_logits(b, enc)).max()))
+    if worst > atol:
+        raise ExportValidationError(f"graph fusions changed the logits by {worst:.2e} (> {atol}); "
+                                    "set optimize_level: null to quantize the unfused graph")
+    return worst
+
+
+def quantize_onnx_int8(src_dir: Path, out_dir: Path, config: OrtInt8Config = OrtInt8Config(),
+                       texts: list[str] | None = None) -> dict:
+    """Fuse (optional), check the fused graph on ``texts``, then dynamic-int8 quantize."""
     import json
 
     import onnx
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
     src_model = src_dir / "model.onnx"
-    to_quantize = src_model
+    to_quantize, report = src_model, {}
     if config.optimize_level:
-        hf = json.loads((src_dir / "config.json").read_text())
         to_quantize = out_dir / "_optimized.onnx"
-        optimize_graph(src_model, to_quantize, config.optimize_level, hf["num_attention_heads"], hf["hidden_size"])
+        optimize_graph(src_model, to_quantize, config.optimize_level,
+                       *attention_shape(json.loads((src_dir / "config.json").read_text())))
+        if texts:
+            report["fusion_max_abs_diff"] = check_fused_graph(src_model, to_quantize, src_dir, texts)
     logging.getLogger().setLevel(max(logging.getLogger().level, logging.ERROR))  # ORT's pre-processing hint
     quantize_dynamic(str(to_quantize), str(out_dir / "model.onnx"), per_channel=config.per_channel,
                      reduce_range=config.reduce_range, weight_type=QuantType.QInt8,
@@ -73,4 +115,4 @@ def quantize_onnx_int8(src_dir: Path, out_dir: Path, config: OrtInt8Config = Ort
     copy_aux(src_dir, out_dir)
     graph = onnx.load(str(out_dir / "model.onnx"), load_external_data=False).graph
     ops = sorted({n.op_type for n in graph.node})
-    return {"onnx_ops": ops}
+    return {"onnx_ops": ops, **report}

@@ -1,0 +1,112 @@
+"""Weight-only int4 ONNX: MatMul -> com.microsoft.MatMulNBits, from chainpress' Int4Weight.
+
+The weights are quantized once by ``compress.formats.quantize_int4`` (the format the
+Triton int4 GEMM reads) and written into the graph as-is: ``Int4Weight.qweight`` is
+MatMulNBits' B, ``scales`` and ``zeros`` its scales and packed zero points, so
+PyTorch, ONNX Runtime and the kernels run bit-identical codes. The word-embedding
+Gather can also go to 4 bits (ORT's ``GatherBlockQuantized``, via its own quantizer:
+there is no Triton counterpart to share a format with).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .formats import Int4Weight, quantize_int4
+from .onnx_quantize import copy_aux
+
+
+@dataclass
+class OrtInt4Config:
+    group_size: int = 32
+    accuracy_level: int = 4  # MatMulNBits: 4 = int8 activations on CPU (fast), 0 = fp32 compute
+    embeddings: bool = True  # 4-bit word embeddings (GatherBlockQuantized)
+    exclude: tuple[str, ...] = ()  # MatMul node names kept in fp32 (e.g. from a sensitivity report)
+
+    def __post_init__(self) -> None:
+        quantize_int4(torch.zeros(1, self.group_size), self.group_size)  # validates group_size
+        if self.accuracy_level not in (0, 1, 2, 3, 4):
+            raise ValueError(f"accuracy_level must be 0..4, got {self.accuracy_level}")
+        self.exclude = tuple(self.exclude)
+
+
+def pack_zero_points(zeros: torch.Tensor) -> np.ndarray:
+    """(N, n_blocks) uint8 in [0, 15] -> (N * ceil(n_blocks / 2),) two per byte, low nibble first."""
+    n, nb = zeros.shape
+    z = zeros.numpy().astype(np.uint8)
+    if nb % 2:
+        z = np.concatenate([z, np.full((n, 1), 8, np.uint8)], axis=1)
+    return (z[:, 0::2] | (z[:, 1::2] << 4)).reshape(-1)
+
+
+def matmulnbits_node(name: str, a: str, out: str, w: Int4Weight, graph, helper) -> None:
+    from onnx import numpy_helper
+
+    n, k, g = w.qweight.shape[0], w.in_features, w.group_size
+    b = w.qweight.numpy().reshape(n, k // g, g // 2)
+    inits = {f"{name}_B": b, f"{name}_scales": w.scales.numpy().astype(np.float32).reshape(-1),
+             f"{name}_zp": pack_zero_points(w.zeros)}
+    for iname, arr in inits.items():
+        graph.initializer.append(numpy_helper.from_array(arr, iname))
+    return helper.make_node("MatMulNBits", [a, *inits], [out], name=name, domain="com.microsoft",
+                            K=k, N=n, bits=4, block_size=g)
+
+
+def quantize_onnx_int4(src_dir: Path, out_dir: Path, config: OrtInt4Config = OrtInt4Config()) -> dict:
+    import onnx
+    from onnx import helper, numpy_helper
+
+    model = onnx.load(str(src_dir / "model.onnx"))
+    graph = model.graph
+    inits = {i.name: i for i in graph.initializer}
+    uses: dict[str, int] = {}
+    for node in graph.node:
+        for i in node.input:
+            uses[i] = uses.get(i, 0) + 1
+    new_nodes, replaced, kept = [], [], []
+    for node in graph.node:
+        w_name = node.input[1] if node.op_type == "MatMul" and len(node.input) == 2 else None
+        init = inits.get(w_name) if w_name else None
+        if init is None or len(init.dims) != 2 or init.dims[0] % config.group_size or node.name in config.exclude:
+            if init is not None:
+                kept.append(node.name)
+            new_nodes.append(node)
+            continue
+        w = quantize_int4(torch.from_numpy(numpy_helper.to_array(init).T.copy()), config.group_size)  # (N, K)
+        nb = matmulnbits_node(node.name or w_name, node.input[0], node.output[0], w, graph, helper)
+        nb.attribute.append(helper.make_attribute("accuracy_level", config.accuracy_level))
+        new_nodes.append(nb)
+        replaced.append(node.name)
+        uses[w_name] -= 1
+        if uses[w_name] == 0:
+            graph.initializer.remove(init)
+    del graph.node[:]
+    graph.node.extend(new_nodes)
+    if not any(o.domain == "com.microsoft" for o in model.opset_import):
+        model.opset_import.append(helper.make_opsetid("com.microsoft", 1))
+    out = out_dir / "model.onnx"
+    onnx.save(model, str(out))
+    report = {"int4_matmuls": len(replaced), "fp32_matmuls": kept, "group_size": config.group_size}
+    if config.embeddings:
+        report["int4_gathers"] = _quantize_gathers(out, config.group_size)
+    copy_aux(src_dir, out_dir)
+    return report
+
+
+def _quantize_gathers(path: Path, block_size: int) -> int:
+    """4-bit embedding tables with ORT's weight-only quantizer (Gather -> GatherBlockQuantized)."""
+    import logging
+
+    import onnx
+    from onnxruntime.quantization.matmul_nbits_quantizer import MatMulNBitsQuantizer
+
+    logging.getLogger("onnxruntime.quantization").setLevel(logging.ERROR)
+    q = MatMulNBitsQuantizer(onnx.load(str(path)), block_size=block_size, is_symmetric=False,
+                             op_types_to_quantize=("Gather",), quant_axes=(("Gather", 1),))
+    with np.errstate(divide="ignore", invalid="ignore"):  # all-zero blocks (scale 0) are handled by ORT
+        q.process()
+    q.model.save_model_to_file(str(path), use_external_data_format=False)
+    return sum(n.op_type == "GatherBlockQuantized" for n in q.model.model.graph.node)
