@@ -23,9 +23,33 @@ from pathlib import Path
 from typing import Iterator
 
 from .errors import ModelError
+from .faults import pause_point
 
 MANIFEST = "manifest.json"
 FORMATS = ("hf", "onnx", "torch-int8")
+STALE_PREFIXES = (".tmp-", ".old-")
+
+
+def clean_stale(root: str | os.PathLike) -> list[str]:
+    """Remove what an interrupted ``staging_dir`` can leave under ``root``; return the names.
+
+    Call it only while no other process writes under ``root`` (the chain runner holds a
+    lock on its output directory).
+    """
+    root = Path(root)
+    removed = []
+    if root.is_dir():
+        for p in sorted(root.iterdir()):
+            original = root / p.name[len(".old-"):-9]  # ".old-<name>-<8 hex>"
+            if p.name.startswith(".old-") and p.is_dir() and not original.exists():
+                os.rename(p, original)  # killed between the two renames of a replace: undo
+                continue
+            if p.name.startswith(STALE_PREFIXES):
+                shutil.rmtree(p, ignore_errors=True) if p.is_dir() else p.unlink(missing_ok=True)
+                removed.append(p.name)
+            elif p.is_dir() and (p / (MANIFEST + ".part")).exists():
+                (p / (MANIFEST + ".part")).unlink(missing_ok=True)
+    return removed
 
 
 def library_versions() -> dict[str, str]:
@@ -106,19 +130,25 @@ def staging_dir(dest: str | os.PathLike) -> Iterator[Path]:
     tmp.mkdir()
     try:
         yield tmp
-        if not (tmp / MANIFEST).is_file():
-            raise RuntimeError(f"stage wrote no {MANIFEST} into {tmp}")
-        _fsync_tree(tmp)
-        old = None
-        if dest.exists():
-            old = dest.parent / f".old-{dest.name}-{uuid.uuid4().hex[:8]}"
-            os.rename(dest, old)
-        os.rename(tmp, dest)
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
+        publish(tmp, dest)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+def publish(tmp: Path, dest: Path) -> None:
+    """fsync a filled staging directory and rename it to ``dest`` (replacing any old one)."""
+    if not (tmp / MANIFEST).is_file():
+        raise RuntimeError(f"stage wrote no {MANIFEST} into {tmp}")
+    _fsync_tree(tmp)
+    pause_point(f"rename:{dest.name}")
+    old = None
+    if dest.exists():
+        old = dest.parent / f".old-{dest.name}-{uuid.uuid4().hex[:8]}"
+        os.rename(dest, old)
+    os.rename(tmp, dest)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
 
 
 def write_manifest(directory: Path, **fields) -> dict:

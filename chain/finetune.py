@@ -3,22 +3,53 @@
 Dynamic padding (``DataCollatorWithPadding``) and length-grouped batches keep CPU steps
 short; the checkpoint with the best dev accuracy is kept (``load_best_model_at_end``);
 a NaN/inf loss stops training with ``TrainingError`` instead of saving garbage.
-Because it is a plain ``Trainer`` run, it also works unchanged under
-``accelerate launch`` / ``torchrun``.
+
+Chains: the encoder is carried over from the parent; the head is the parent's head for
+this task if it has one, else a fresh one (``head: auto``); every earlier task's head is
+copied into the artifact (``chain.heads``) so forgetting can be measured. LoRA adapters
+(``lora:``) are merged into the weights before saving, so the artifact is a plain model.
+
+Because it is a plain ``Trainer`` run, it also works unchanged under ``torchrun`` /
+``accelerate launch``: ``processes: N`` launches the stage as N DDP processes
+(``chain.distributed``).
 """
 from __future__ import annotations
 
 import math
-import re
+import os
 import random
+import re
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from .artifact import Artifact
 from .errors import SpecError, TrainingError
+from .heads import copy_heads, load_head, reinit_head_, save_head, set_head_
 from .model import load_model, load_tokenizer
 from .task import Split, Task, builtin_task
+
+HEAD_POLICIES = ("auto", "new", "keep")
+
+
+@dataclass
+class LoraSettings:
+    """LoRA through ``peft``; the adapters are merged (``merge_and_unload``) before saving."""
+    r: int = 8
+    alpha: int = 16
+    dropout: float = 0.1
+    target_modules: list[str] = field(default_factory=lambda: ["query", "value"])
+
+    def __post_init__(self) -> None:
+        for name in ("r", "alpha"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, int) or v <= 0:
+                raise SpecError(f"finetune.lora.{name} must be a positive integer, got {v!r}")
+        if not 0 <= self.dropout < 1:
+            raise SpecError(f"finetune.lora.dropout must be in [0, 1), got {self.dropout!r}")
+        if not self.target_modules or not all(isinstance(m, str) for m in self.target_modules):
+            raise SpecError(f"finetune.lora.target_modules must be a list of module names, got {self.target_modules!r}")
+        self.target_modules = list(self.target_modules)
 
 
 @dataclass
@@ -37,19 +68,37 @@ class FineTuneConfig:
     # Parts kept fixed: "embeddings" and/or "layers:K" (the first K encoder layers).
     # Freezing MiniLM's 11.7M embedding parameters halves the AdamW step on CPU.
     freeze: list[str] = field(default_factory=list)
+    lora: LoraSettings | None = None
+    # Head at the start: "auto" = the parent's head for this task if it carries one (or
+    # its current head if it was trained on this task), else a fresh one; "new"; "keep".
+    head: str = "auto"
+    # Fault injection for experiments and tests: permute the train and dev labels (seeded),
+    # as in a mislabelled data set, so the stage learns nothing useful and its gate must
+    # reject it. Test labels (what gates measure) are untouched.
+    shuffle_labels: bool = False
+    processes: int = 1  # > 1: DDP over N local processes via torchrun (gloo on CPU)
     show_progress: bool = True
     extra_args: dict = field(default_factory=dict)  # passed through to TrainingArguments
 
     def __post_init__(self) -> None:
-        for name in ("epochs", "learning_rate", "batch_size", "max_length"):
+        for name in ("epochs", "learning_rate", "batch_size", "max_length", "processes"):
             v = getattr(self, name)
             if not isinstance(v, (int, float)) or isinstance(v, bool) or v <= 0:
                 raise SpecError(f"finetune.{name} must be a positive number, got {v!r}")
+        for name in ("batch_size", "max_length", "processes", "seed"):
+            if not isinstance(getattr(self, name), int):
+                raise SpecError(f"finetune.{name} must be an integer, got {getattr(self, name)!r}")
         for part in self.freeze:
             if part != "embeddings" and not re.fullmatch(r"layers:\d+", str(part)):
                 raise SpecError(f"finetune.freeze: {part!r} is not 'embeddings' or 'layers:K'")
         if not 0 < self.dev_fraction < 1:
             raise SpecError(f"finetune.dev_fraction must be in (0, 1), got {self.dev_fraction}")
+        if self.head not in HEAD_POLICIES:
+            raise SpecError(f"finetune.head must be one of {HEAD_POLICIES}, got {self.head!r}")
+        if isinstance(self.lora, dict):
+            self.lora = LoraSettings(**self.lora)
+        if self.lora is not None and self.freeze:
+            raise SpecError("finetune: `lora` already freezes the base model; remove `freeze`")
 
     def get_task(self) -> Task:
         return builtin_task(self.task) if isinstance(self.task, str) else Task.from_dict(self.task)
@@ -71,6 +120,12 @@ def train_dev(task: Task, cfg: FineTuneConfig) -> tuple[Split, Split]:
     if cfg.max_eval_samples:
         dev = dev.head(cfg.max_eval_samples)
     return train, dev
+
+
+def shuffled_labels(split: Split, seed: int) -> Split:
+    labels = list(split.labels)
+    random.Random(seed + 1).shuffle(labels)
+    return Split(split.texts, labels)
 
 
 def _subsample(split: Split, n: int, seed: int) -> Split:
@@ -136,6 +191,34 @@ def _accuracy(eval_pred) -> dict:
     return {"accuracy": float((np.argmax(logits, axis=-1) == labels).mean())}
 
 
+def prepare_head_(model, parent: Artifact, task: Task, policy: str) -> str:
+    """Choose the head the stage starts from (see ``FineTuneConfig.head``); return which."""
+    saved = load_head(parent.path, task.name) if policy == "auto" else None
+    if saved is not None:
+        set_head_(model, saved, task.num_labels)
+        return "parent's head for this task"
+    parent_task = (parent.manifest.get("task") or {}).get("name")
+    same_shape = parent.manifest.get("num_labels") == task.num_labels
+    if policy == "keep" or (policy == "auto" and parent_task == task.name and same_shape):
+        if not same_shape and parent.manifest.get("num_labels") is not None:
+            raise SpecError(f"finetune.head: keep needs the parent's {parent.manifest.get('num_labels')} labels, "
+                            f"task {task.name!r} has {task.num_labels}")
+        return "parent's current head"
+    reinit_head_(model)
+    return "new head"
+
+
+def apply_lora(model, lora: LoraSettings):
+    from peft import LoraConfig, TaskType, get_peft_model
+
+    cfg = LoraConfig(task_type=TaskType.SEQ_CLS, r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout,
+                     target_modules=list(lora.target_modules))
+    try:
+        return get_peft_model(model, cfg)
+    except ValueError as e:  # e.g. a target module name that does not exist
+        raise SpecError(f"finetune.lora: {e}") from None
+
+
 @dataclass
 class FineTune:
     config: FineTuneConfig = field(default_factory=FineTuneConfig)
@@ -144,6 +227,14 @@ class FineTune:
     trust_remote_code: bool = False
 
     def run(self, parent: Artifact, out_dir: Path) -> dict:
+        if self.config.processes > 1 and not _distributed():
+            from .distributed import launch_finetune
+
+            return launch_finetune(self, parent, out_dir)
+        return self.train(parent, out_dir)
+
+    def train(self, parent: Artifact, out_dir: Path) -> dict:
+        """Train in this process (one rank of a DDP run under torchrun); rank 0 writes."""
         from transformers import DataCollatorWithPadding, TrainingArguments, set_seed
 
         cfg = self.config
@@ -151,19 +242,27 @@ class FineTune:
         set_seed(cfg.seed)
         tok = load_tokenizer(parent, self.trust_remote_code)
         model = load_model(parent, num_labels=task.num_labels, trust_remote_code=self.trust_remote_code)
+        head = prepare_head_(model, parent, task, cfg.head)
         model.train()
         frozen = freeze_(model, cfg.freeze)
+        if cfg.lora is not None:
+            model = apply_lora(model, cfg.lora)
+        trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
         train, dev = train_dev(task, cfg)
+        if cfg.shuffle_labels:
+            train, dev = shuffled_labels(train, cfg.seed), shuffled_labels(dev, cfg.seed + 1)
         scratch = out_dir / "_trainer"
-        args = TrainingArguments(
+        kw = dict(
             output_dir=str(scratch), num_train_epochs=cfg.epochs, learning_rate=cfg.learning_rate,
             per_device_train_batch_size=cfg.batch_size, per_device_eval_batch_size=64,
             weight_decay=cfg.weight_decay, warmup_ratio=cfg.warmup_ratio, seed=cfg.seed,
             data_seed=cfg.seed, eval_strategy="epoch", save_strategy="epoch", save_total_limit=2,
             load_best_model_at_end=True, metric_for_best_model="accuracy", greater_is_better=True,
             save_safetensors=True, group_by_length=True, logging_steps=10, report_to=[],
-            disable_tqdm=not cfg.show_progress, dataloader_num_workers=0, use_cpu=not _cuda(),
-            **cfg.extra_args)
+            disable_tqdm=not cfg.show_progress, dataloader_num_workers=0, use_cpu=not _cuda())
+        if _distributed():  # frozen parameters are simply outside DDP's buckets
+            kw.update(ddp_find_unused_parameters=False, **({} if _cuda() else {"ddp_backend": "gloo"}))
+        args = TrainingArguments(**{**kw, **cfg.extra_args})  # extra_args override the defaults
         trainer = _guarded_trainer_cls()(model=model, args=args, train_dataset=_Encoded(tok, train, cfg.max_length),
                           eval_dataset=_Encoded(tok, dev, cfg.max_length),
                           data_collator=DataCollatorWithPadding(tok), compute_metrics=_accuracy)
@@ -171,15 +270,27 @@ class FineTune:
         if not math.isfinite(out.training_loss):
             raise TrainingError(f"training loss is {out.training_loss}; lower the learning rate")
         dev_metrics = trainer.evaluate()
-        # save_pretrained, not trainer.save_model: the latter also pickles training_args.bin
-        trainer.model.save_pretrained(out_dir, safe_serialization=True)
-        tok.save_pretrained(out_dir)
-        shutil.rmtree(scratch, ignore_errors=True)
+        final = trainer.model
+        if cfg.lora is not None:
+            final = final.merge_and_unload()  # plain weights: compression stages see a normal model
+        if trainer.is_world_process_zero():
+            # save_pretrained, not trainer.save_model: the latter also pickles training_args.bin
+            final.save_pretrained(out_dir, safe_serialization=True)
+            tok.save_pretrained(out_dir)
+            copy_heads(parent.path, out_dir, skip=task.name)
+            save_head(final, out_dir, task.name)
+            shutil.rmtree(scratch, ignore_errors=True)
         return {"format": "hf", "num_labels": task.num_labels, "task": task.to_dict(),
                 "task_fingerprint": task.fingerprint(),
                 "train": {"loss": out.training_loss, "steps": out.global_step, "examples": len(train),
                           "dev_accuracy": dev_metrics.get("eval_accuracy"), "dev_examples": len(dev),
-                          "frozen_params": frozen}}
+                          "frozen_params": frozen, "trainable_params": trainable, "head": head,
+                          "processes": int(args.world_size), "shuffled_labels": cfg.shuffle_labels}}
+
+
+def _distributed() -> bool:
+    """True in a rank started by torchrun / accelerate launch."""
+    return int(os.environ.get("WORLD_SIZE", "1")) > 1
 
 
 def _cuda() -> bool:

@@ -1,7 +1,9 @@
-"""Text-classification tasks read from TSV, CSV or JSONL files.
+"""Text-classification tasks read from TSV, CSV or JSONL files, or a ``datasets`` directory.
 
 A ``Task`` is pure data (file paths, column names, label count), so it round-trips into
-an artifact manifest; ``Task.load(split)`` reads and validates one split.
+an artifact manifest; ``Task.load(split)`` reads and validates one split; ``check()``
+reads every split and refuses label sets a model cannot learn (a test label never seen
+in train), so a chain fails on bad data before any training starts.
 
 >>> task = builtin_task("sst2")
 >>> texts, labels = task.load("test")   # 1821 sentences
@@ -43,11 +45,20 @@ class Task:
     # Corpora without an official split (Subj): carve dev/test from "all" with a seeded holdout.
     holdout: dict[str, float] = field(default_factory=dict)
     holdout_seed: int = 13
+    # A ``DatasetDict`` saved with ``save_to_disk``, instead of ``files``; ``splits`` maps
+    # chainpress' split names to the dataset's ({"dev": "validation"} is the default).
+    dataset: str | None = None
+    splits: dict[str, str] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        if self.num_labels < 2:
-            raise SpecError(f"task {self.name!r}: num_labels must be >= 2, got {self.num_labels}")
-        unknown = set(self.files) - set(SPLITS) - {"all"}
+        if isinstance(self.num_labels, bool) or not isinstance(self.num_labels, int) or self.num_labels < 2:
+            raise SpecError(f"task {self.name!r}: num_labels must be an integer >= 2, got {self.num_labels!r}")
+        if self.dataset and self.files:
+            raise SpecError(f"task {self.name!r}: give either `files` or `dataset`, not both")
+        if not self.dataset and not self.files:
+            raise SpecError(f"task {self.name!r}: give `files` (split -> TSV/CSV/JSONL path) or `dataset` "
+                            "(a directory written by datasets' save_to_disk)")
+        unknown = (set(self.files) | set(self.splits)) - set(SPLITS) - {"all"}
         if unknown:
             raise SpecError(f"task {self.name!r}: unknown split(s) {sorted(unknown)}; use {SPLITS}")
 
@@ -61,15 +72,22 @@ class Task:
     def fingerprint(self) -> str:
         """Hash of the task definition and its file contents (for caching and manifests)."""
         h = hashlib.sha256(json.dumps(self.to_dict(), sort_keys=True).encode())
-        for split in sorted(self.files):
-            p = Path(self.files[split])
+        paths = [Path(self.files[s]) for s in sorted(self.files)]
+        if self.dataset:
+            root = Path(self.dataset)
+            paths = sorted(p for p in root.rglob("*") if p.is_file()) if root.is_dir() else [root]
+        for p in paths:
             h.update(p.read_bytes() if p.exists() else b"<missing>")
         return h.hexdigest()[:16]
 
     def has_split(self, split: str) -> bool:
+        if self.dataset:
+            return split in self._dataset_splits()
         return split in self.files or split in self.holdout or (split == "train" and "all" in self.files)
 
     def load(self, split: str) -> Split:
+        if self.dataset:
+            return self._read_dataset(split)
         if split in self.files:
             return self._read(Path(self.files[split]))
         if "all" in self.files and (split in self.holdout or split == "train"):
@@ -89,10 +107,62 @@ class Task:
         idx = sorted(parts[split])
         return Split([full.texts[i] for i in idx], [full.labels[i] for i in idx])
 
+    def check(self) -> dict[str, int]:
+        """Read every split; raise ``DataError`` on anything a fine-tune would trip over.
+
+        Returns the number of examples per split.
+        """
+        sizes, label_sets = {}, {}
+        for split in SPLITS:
+            if self.has_split(split):
+                data = self.load(split)
+                sizes[split], label_sets[split] = len(data), set(data.labels)
+        if "train" not in sizes:
+            raise DataError(f"task {self.name!r} has no train split; give a `train` (or `all`) file")
+        if "test" not in sizes:
+            raise DataError(f"task {self.name!r} has no test split; give a `test` file or a `holdout` for it")
+        if len(label_sets["train"]) < 2:
+            raise DataError(f"task {self.name!r}: the train split has a single label {sorted(label_sets['train'])}; "
+                            "a classifier needs at least two")
+        for split in ("dev", "test"):
+            unseen = label_sets.get(split, set()) - label_sets["train"]
+            if unseen:
+                raise DataError(f"task {self.name!r}: label(s) {sorted(unseen)} occur in the {split} split but never "
+                                "in train; the model cannot learn them (fix the split or the labels)")
+        return sizes
+
+    def _dataset_splits(self) -> dict[str, str]:
+        """chainpress split -> the saved DatasetDict's split name."""
+        info = Path(self.dataset) / "dataset_dict.json"
+        names = json.loads(info.read_text()).get("splits", []) if info.is_file() else []
+        default = {s: s for s in SPLITS if s in names}
+        if "dev" not in default and "validation" in names:
+            default["dev"] = "validation"
+        return {**default, **self.splits}
+
+    def _read_dataset(self, split: str) -> Split:
+        root = Path(self.dataset)
+        if not (root / "dataset_dict.json").is_file():
+            raise DataError(f"task {self.name!r}: {root} is not a datasets directory (no dataset_dict.json); "
+                            "write it with DatasetDict.save_to_disk")
+        mapping = self._dataset_splits()
+        if split not in mapping:
+            raise DataError(f"task {self.name!r} has no {split!r} split in {root}; map one in `splits`")
+        from datasets import load_from_disk
+
+        try:
+            ds = load_from_disk(str(root))[mapping[split]]
+        except KeyError:
+            raise DataError(f"task {self.name!r}: {root} has no split {mapping[split]!r}; "
+                            f"check `splits`") from None
+        return self._validate(ds.to_list(), f"{root}[{mapping[split]}]")
+
     def _read(self, path: Path) -> Split:
         if not path.is_file():
             raise DataError(f"task {self.name!r}: data file {path} not found; check the path in the task's `files`")
-        rows = _read_rows(path)
+        return self._validate(_read_rows(path), str(path))
+
+    def _validate(self, rows: list[dict], path: str) -> Split:
         if not rows:
             raise DataError(f"task {self.name!r}: {path} has no data rows; give a file with a header and examples")
         cols = set(rows[0])
@@ -104,6 +174,8 @@ class Task:
         for i, row in enumerate(rows, start=2):
             raw = row[self.label_column]
             try:
+                if isinstance(raw, float) and not raw.is_integer():
+                    raise ValueError(raw)
                 label = int(raw)
             except (TypeError, ValueError):
                 raise DataError(f"task {self.name!r}: {path} line {i}: label {raw!r} is not an integer id") from None

@@ -37,7 +37,8 @@ def test_finetune_tiny_writes_loadable_safetensors(tiny_bert, small_task_files, 
 def test_nan_loss_stops_stage_and_publishes_nothing(tiny_bert, small_task_files, tmp_path):
     path = tiny_bert / "model.safetensors"
     state = load_file(str(path))
-    state["classifier.weight"] = torch.full_like(state["classifier.weight"], float("nan"))
+    # in the encoder: a new task gets a freshly initialised head, so a NaN head would be replaced
+    state["bert.pooler.dense.weight"] = torch.full_like(state["bert.pooler.dense.weight"], float("nan"))
     save_file(state, str(path), metadata={"format": "pt"})
     cfg = FineTuneConfig(task=_task(small_task_files), epochs=1, batch_size=16, show_progress=False)
     [res] = run_stages(Artifact.load(tiny_bert), [FineTune(cfg)], tmp_path / "out")

