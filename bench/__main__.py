@@ -1,4 +1,8 @@
-"""Command line for ``python -m bench``: parse arguments, call ``bench.run.run_bench``."""
+"""Command line for ``python -m bench``: parse arguments, call ``bench.run.run_bench``.
+
+``python -m bench compare BASELINE.json [MORE_BASELINES.json ...] CURRENT.json`` is the regression gate
+(``bench.compare.run_compare``): exit 0 = pass, 1 = regression, 2 = bad input.
+"""
 from __future__ import annotations
 
 import argparse
@@ -24,6 +28,7 @@ def parse(argv=None) -> argparse.Namespace:
     p.add_argument("--threads", type=int, default=min(2, os.cpu_count() or 1))
     p.add_argument("--epochs", type=float, help="fine-tuning epochs (default 3, quick 1)")
     p.add_argument("--trust-remote-code", action="store_true", help="allow a model's own Python code to run")
+    p.add_argument("--no-peers", action="store_true", help="skip the torch-compile and Optimum-only int8 rows")
     p.add_argument("-v", "--verbose", action="store_true")
     return p.parse_args(argv)
 
@@ -48,18 +53,61 @@ def build_config(a: argparse.Namespace):
     if a.quick:
         ft = FineTuneConfig(task=task.to_dict(), epochs=a.epochs or 1.0, max_train_samples=800,
                             max_eval_samples=200, freeze=["embeddings"], max_length=64)
-        measure = MeasureConfig(threads=a.threads, latency_calls=60, throughput_batches=4,
-                                throughput_rounds=2, warmup=3)
+        measure = MeasureConfig.quick(a.threads)
         test_limit = 300
     else:
         ft = FineTuneConfig(task=task.to_dict(), epochs=a.epochs or 3.0, freeze=["embeddings"], max_length=64)
         measure, test_limit = MeasureConfig(threads=a.threads), None
     return BenchConfig(task=task, output=a.output, model=a.model, quick=a.quick, threads=a.threads,
                        finetune=ft, measure=measure, test_limit=test_limit,
-                       trust_remote_code=a.trust_remote_code)
+                       trust_remote_code=a.trust_remote_code, peers=not a.no_peers)
+
+
+def parse_compare(argv) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="python -m bench compare",
+                                description="Gate CURRENT against BASELINE: exit 1 only when a metric regresses "
+                                            "beyond its threshold and outside the noise interval; 2 on bad input.")
+    p.add_argument("baseline", nargs="+", help="results.json of the baseline run; several runs of the same code "
+                                               "are merged into their median (steadier; 3-5 recommended)")
+    p.add_argument("current", help="results.json of the run to gate")
+    p.add_argument("--rerun", nargs="+", default=[], metavar="RESULTS", help="results of re-running the current "
+                   "code: gated together with CURRENT (median). Confirms a failure on a noisy host")
+    p.add_argument("--max-slowdown", default="10%", help="per stage, vs the reference (ratio mode) or in absolute "
+                                                         "time (--absolute); default 10%%")
+    p.add_argument("--max-accuracy-drop", type=float, default=0.5, help="accuracy points; default 0.5")
+    p.add_argument("--noise-floor", default="5%", help="run-to-run noise one run cannot see (95%% half-width per "
+                                                       "run); default 5%% (measured on a busy 2-core host); "
+                                                       "lower it on a quiet dedicated machine")
+    p.add_argument("--absolute", action="store_true", help="gate ms and samples/s, not speedups: only for a "
+                                                           "baseline recorded on this machine")
+    p.add_argument("--include-peers", action="store_true", help="also gate the peer rows (torch-compile, optimum)")
+    p.add_argument("--json", help="also write the comparison as JSON here")
+    return p.parse_args(argv)
+
+
+def compare_main(argv) -> int:
+    from chain.errors import ChainpressError
+
+    from .compare import Thresholds, parse_percent, run_compare
+
+    a = parse_compare(argv)
+    try:
+        thresholds = Thresholds(parse_percent(a.max_slowdown), a.max_accuracy_drop, parse_percent(a.noise_floor))
+        return run_compare(a.baseline, a.current, thresholds,
+                           absolute=a.absolute, include_peers=a.include_peers, json_out=a.json, reruns=a.rerun)
+    except ChainpressError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
 
 
 def main(argv=None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ["compare"]:
+        return compare_main(argv[1:])
+    # PyTorch's OpenMP threads sleep instead of spinning while they wait, as ONNX Runtime's
+    # do (spinning off): on a busy host a spinning 2-thread PyTorch ran batch-1 MiniLM
+    # 17x slower (786 vs 45 ms, load average 8 on 2 cores). Must be set before torch loads.
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     a = parse(argv)
     logging.basicConfig(level=logging.DEBUG if a.verbose else logging.WARNING, format="%(message)s")
     if not a.verbose:

@@ -16,7 +16,7 @@ from chain.artifact import Artifact
 @dataclass
 class Predictor:
     name: str
-    backend: str  # "pytorch" | "onnxruntime"
+    backend: str  # "pytorch" | "pytorch+compile" | "onnxruntime"
     fn: Callable[[dict], np.ndarray]
 
     def __call__(self, enc: dict) -> np.ndarray:
@@ -43,7 +43,14 @@ def load_predictor(artifact: Artifact, threads: int, trust_remote_code: bool = F
     from chain.model import load_model
 
     torch.set_num_threads(threads)
-    return torch_predictor(load_model(artifact, trust_remote_code=trust_remote_code), artifact.name)
+    model = load_model(artifact, trust_remote_code=trust_remote_code)
+    if artifact.manifest.get("runtime") == "torch.compile":  # the torch-compile peer (bench/peers.py)
+        from .peers import TorchCompileConfig, compile_model
+
+        model.eval()
+        model = compile_model(model, TorchCompileConfig(**artifact.manifest.get("compile", {})))
+        return torch_predictor(model, artifact.name, backend="pytorch+compile")
+    return torch_predictor(model, artifact.name)
 
 
 def encode_batches(tokenizer, texts: list[str], batch_size: int, max_length: int = 128,

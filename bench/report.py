@@ -1,4 +1,4 @@
-"""Results table (terminal + Markdown) and results.json."""
+"""Results table (terminal + Markdown), results.json, and report.md with its PNG plots."""
 from __future__ import annotations
 
 import json
@@ -17,13 +17,18 @@ def rows(results: dict) -> list[list[str]]:
     for s in results["stages"]:
         lat, thr, sp = s.get("latency_ms") or {}, s.get("throughput") or {}, s.get("speedup") or {}
         status = s["status"] if s["status"] == "ok" else f"{s['status']}: {s.get('reason', '')[:60]}"
-        out.append([s["name"], s.get("backend") or "—", status, _fmt(s.get("accuracy"), ".4f"),
+        out.append([s["name"] + (" (peer)" if s.get("peer") else ""), s.get("backend") or "—", status, _fmt(s.get("accuracy"), ".4f"),
                     _fmt(s.get("accuracy_delta_points"), "+.2f"), _fmt(lat.get("p50"), ".2f"),
                     _fmt(lat.get("p90"), ".2f"), _fmt(lat.get("p99"), ".2f"),
                     _fmt(thr.get("samples_per_s"), ".1f"), _fmt(s.get("size_mb"), ".1f"),
                     _fmt(sp.get("throughput"), ".2f") + ("x" if sp.get("throughput") else ""),
-                    _fmt(sp.get("latency_p50"), ".2f") + ("x" if sp.get("latency_p50") else "")])
+                    _fmt(sp.get("latency_p50"), ".2f") + ("x" if sp.get("latency_p50") else "")
+                    + _ci((s.get("speedup_ci95") or {}).get("latency_p50"))])
     return out
+
+
+def _ci(ci) -> str:
+    return f" [{ci[0]:.2f}, {ci[1]:.2f}]" if ci and ci[0] != ci[1] else ""
 
 
 def markdown_table(results: dict) -> str:
@@ -38,7 +43,8 @@ def text_table(results: dict) -> str:
     return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths)) for r in table)
 
 
-def write_reports(results: dict, out_dir: Path) -> None:
+def write_reports(results: dict, out_dir: Path, plots: bool = True) -> None:
+    """results.json, report.md and (``plots``) the PNGs it links, all in ``out_dir``."""
     out_dir.mkdir(parents=True, exist_ok=True)
     tmp = out_dir / "results.json.part"
     tmp.write_text(json.dumps(results, indent=2, default=str))
@@ -50,5 +56,17 @@ def write_reports(results: dict, out_dir: Path) -> None:
           f"onnxruntime {env['versions'].get('onnxruntime')}. Date: {env.get('date')}.", "",
           f"Latency: batch 1 over {results['measure'].get('latency_calls')} real test sentences; "
           "throughput: batch 32 over fixed real test batches, all stages timed interleaved in one process.",
+          "Speedup p50 brackets: paired-bootstrap 95% interval over the interleaved rounds. "
+          "`python -m bench compare` gates the trimmed-mean and throughput speedups (in results.json) with "
+          "their intervals plus a run-to-run noise floor (docs/gating.md). "
+          "Rows marked (peer) are what a user gets without chainpress; they are not gated.",
           "", markdown_table(results), ""]
+    notes = [f"- `{s['name']}` {s['status']}: {s['reason']}" for s in results["stages"] if s.get("reason")]
+    if notes:
+        md += ["Not measured:", ""] + notes + [""]
+    if plots:
+        from .plots import write_plots
+
+        for name in write_plots(results, out_dir):
+            md += [f"![{name[:-4].replace('_', ' ')}]({name})", ""]
     (out_dir / "report.md").write_text("\n".join(md))

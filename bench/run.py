@@ -5,20 +5,20 @@ on SST-2 -> PyTorch dynamic int8 -> ONNX fp32 -> ONNX Runtime int8.
 """
 from __future__ import annotations
 
-import os
-import platform
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from chain.artifact import Artifact, library_versions
+from chain.artifact import Artifact
 from chain.finetune import FineTuneConfig, train_dev
 from chain.model import _check_source
 from chain.runner import StageResult, run_stages
 from chain.task import Task
 
 from .chains import REFERENCE, default_stages
+from .environment import environment
 from .harness import MeasureConfig, make_evaluator, measure_speed
+from .peers import peer_stages
 from .report import text_table, write_reports
 
 
@@ -39,30 +39,19 @@ class BenchConfig:
     measure: MeasureConfig = field(default_factory=MeasureConfig)
     test_limit: int | None = None  # evaluate on the first N test sentences (quick mode)
     trust_remote_code: bool = False
+    peers: bool = True  # torch-compile and Optimum-only int8 rows (bench/peers.py)
 
 
-def environment(threads: int) -> dict:
-    cpu = platform.processor()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    import torch
-
-    return {"cpu": cpu, "cores": os.cpu_count(), "threads": threads, "platform": platform.platform(),
-            "torch_quantized_engine": torch.backends.quantized.engine,
-            "date": time.strftime("%Y-%m-%d"), "versions": library_versions()}
-
-
-def _row(res: StageResult) -> dict:
+def _row(res: StageResult, peer: bool) -> dict:
     m = res.metrics
     row = {"name": res.name, "status": res.status, "wall_time_s": round(res.wall_time_s, 1),
            "artifact": str(res.artifact.path) if res.artifact else None}
     if res.reason:
         row["reason"] = res.reason
+    if peer:
+        row["peer"] = True
+    if res.artifact is not None and res.artifact.manifest.get("compile_s") is not None:
+        row["compile_s"] = res.artifact.manifest["compile_s"]
     for k in ("accuracy", "size_mb", "test_examples"):
         if k in m:
             row[k] = m[k]
@@ -79,26 +68,32 @@ def run_bench(cfg: BenchConfig, log=print) -> dict:
     if cfg.test_limit:
         test = test.head(cfg.test_limit)
     del train
-    stages = default_stages(cfg.finetune)
+    chain = default_stages(cfg.finetune)
+    peers = peer_stages() if cfg.peers else []
+    stages = chain + peers
     evaluate = make_evaluator(test, cfg.measure, cfg.trust_remote_code)
     t0 = time.perf_counter()
 
     def on_result(r: StageResult) -> None:
+        if r.status == "ok" and r.artifact.manifest.get("skip_reason"):  # a peer that cannot run here
+            r.status, r.reason = "skipped", r.artifact.manifest["skip_reason"]
         acc = r.metrics.get("accuracy")
         log(f"[{time.perf_counter() - t0:6.0f}s] stage {r.name}: {r.status}"
             + (f", accuracy {acc:.4f}" if acc is not None else "") + (f" ({r.reason})" if r.reason else ""))
 
-    log(f"chainpress bench: {len(stages)} stages on task {cfg.task.name} -> {cfg.output}")
+    log(f"chainpress bench: {len(chain)} stages + {len(peers)} peers on task {cfg.task.name} -> {cfg.output}")
     results_list = run_stages(source, stages, cfg.output / "artifacts", evaluate, on_result)
-    rows = [_row(r) for r in results_list]
+    peer_names = {p.name for p in peers}
+    rows = [_row(r, r.name in peer_names) for r in results_list]
     ok = [r.artifact for r in results_list if r.status == "ok"]
     results = {"reference": REFERENCE, "task": cfg.task.name, "quick": cfg.quick,
-               "environment": environment(cfg.threads), "measure": asdict(cfg.measure),
+               "environment": environment(cfg.threads, cfg.measure.device), "measure": asdict(cfg.measure),
                "finetune": asdict(cfg.finetune), "stages": rows}
-    write_reports(results, cfg.output)  # accuracy is safe on disk before timing starts
+    write_reports(results, cfg.output, plots=False)  # accuracy is safe on disk before timing starts
     if ok:
         speed = measure_speed(ok, test.texts, cfg.measure, cfg.trust_remote_code,
-                              progress=lambda what: log(f"[{time.perf_counter() - t0:6.0f}s] timing {what}"))
+                              progress=lambda what: log(f"[{time.perf_counter() - t0:6.0f}s] timing {what}"),
+                              reference=REFERENCE)
         for row in rows:
             row.update(speed.get(row["name"], {}))
     _add_relative(rows)
@@ -115,7 +110,7 @@ def _add_relative(rows: list[dict]) -> None:
     for r in rows:
         if r.get("accuracy") is not None and ref.get("accuracy") is not None:
             r["accuracy_delta_points"] = round(100 * (r["accuracy"] - ref["accuracy"]), 2)
-        if r.get("throughput") and ref.get("throughput"):
+        if r.get("throughput") and ref.get("throughput") and "speedup" not in r:  # else: measured, with CI
             r["speedup"] = {
                 "throughput": round(r["throughput"]["samples_per_s"] / ref["throughput"]["samples_per_s"], 3),
                 "latency_p50": round(ref["latency_ms"]["p50"] / r["latency_ms"]["p50"], 3)}

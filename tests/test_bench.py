@@ -18,7 +18,7 @@ def _cli(*args, cwd=REPO):
 def test_tiny_end_to_end(tiny_bert_dir, small_task_files, tmp_path):
     a = parse(["--model", str(tiny_bert_dir), "--train", str(small_task_files["train"]),
                "--dev", str(small_task_files["dev"]), "--test", str(small_task_files["test"]),
-               "--output", str(tmp_path / "out"), "--quick", "--threads", "1"])
+               "--output", str(tmp_path / "out"), "--quick", "--threads", "1", "--no-peers"])  # peers: tests/bench
     cfg = build_config(a)
     cfg.finetune.show_progress = False
     res = run_bench(cfg, log=lambda *_: None)

@@ -1,0 +1,50 @@
+"""What a measurement ran on: recorded in every results.json so runs can be compared honestly.
+
+``cpu``/``cores``/``threads`` decide whether absolute times are comparable
+(``python -m bench compare --absolute``); ``cpu_flags`` explain int8 differences across
+machines (VNNI/AMX change both speed and, slightly, int8 numerics); ``loadavg`` says how
+busy the host was.
+"""
+from __future__ import annotations
+
+import os
+import platform
+import time
+from pathlib import Path
+
+from chain.artifact import library_versions
+
+# ISA features that change int8/fp32 kernel choice in PyTorch (fbgemm/oneDNN) and ONNX Runtime
+INTERESTING_FLAGS = ("avx2", "fma", "avx512f", "avx512_vnni", "avx512_bf16", "avx_vnni", "amx_int8", "amx_bf16")
+
+
+def _cpuinfo() -> tuple[str, list[str]]:
+    cpu, flags = None, None
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name") and cpu is None:
+                cpu = line.split(":", 1)[1].strip()
+            elif line.startswith("flags") and flags is None:
+                have = set(line.split(":", 1)[1].split())
+                flags = [f for f in INTERESTING_FLAGS if f in have]
+    except OSError:
+        pass
+    return cpu or platform.processor(), flags or []
+
+
+def environment(threads: int, device: str = "cpu") -> dict:
+    import torch
+
+    cpu, flags = _cpuinfo()
+    env = {"cpu": cpu, "cores": os.cpu_count(), "threads": threads, "device": device,
+           "platform": platform.platform(), "cpu_flags": flags,
+           "affinity_cores": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None,
+           "torch_quantized_engine": torch.backends.quantized.engine,
+           "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"),
+           "loadavg_1m": round(os.getloadavg()[0], 2) if hasattr(os, "getloadavg") else None,
+           "date": time.strftime("%Y-%m-%d"), "time": time.strftime("%H:%M:%S%z"),
+           "versions": library_versions()}
+    if torch.cuda.is_available():
+        env["gpu"] = torch.cuda.get_device_name()
+        env["cuda"] = torch.version.cuda
+    return env
