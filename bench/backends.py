@@ -16,7 +16,7 @@ from chain.artifact import Artifact
 @dataclass
 class Predictor:
     name: str
-    backend: str  # "pytorch" | "pytorch+compile" | "onnxruntime"
+    backend: str  # "pytorch" | "pytorch+compile" | "pytorch+triton" | "onnxruntime"
     fn: Callable[[dict], np.ndarray]
 
     def __call__(self, enc: dict) -> np.ndarray:
@@ -25,11 +25,12 @@ class Predictor:
 
 def torch_predictor(model: torch.nn.Module, name: str, backend: str = "pytorch") -> Predictor:
     model.eval()
+    device = next(model.parameters()).device
 
     def run(enc: dict) -> np.ndarray:
         with torch.inference_mode():
-            out = model(**{k: torch.from_numpy(v) for k, v in enc.items()})
-        return out.logits.float().numpy()
+            out = model(**{k: torch.from_numpy(v).to(device) for k, v in enc.items()})
+        return out.logits.float().cpu().numpy()
 
     return Predictor(name, backend, run)
 
@@ -50,6 +51,11 @@ def load_predictor(artifact: Artifact, threads: int, trust_remote_code: bool = F
         model.eval()
         model = compile_model(model, TorchCompileConfig(**artifact.manifest.get("compile", {})))
         return torch_predictor(model, artifact.name, backend="pytorch+compile")
+    if artifact.manifest.get("runtime") == "triton-kernels":  # kernels/stage.py; CUDA only
+        from kernels.stage import load_patched
+
+        return torch_predictor(load_patched(model, artifact.manifest.get("kernels", {})), artifact.name,
+                               backend="pytorch+triton")
     return torch_predictor(model, artifact.name)
 
 

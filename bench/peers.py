@@ -24,7 +24,7 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from chain.artifact import MANIFEST, Artifact
+from chain.artifact import Artifact, link_files
 from chain.errors import SpecError
 from compress.onnx_quantize import copy_aux
 
@@ -64,12 +64,7 @@ class TorchCompilePeer:
         from chain.model import load_model, load_tokenizer
 
         _require_hf(parent, self.name)
-        for f in parent.path.iterdir():
-            if f.is_file() and f.name != MANIFEST:
-                try:
-                    os.link(f, out_dir / f.name)  # same bytes, no copy of the weights
-                except OSError:
-                    shutil.copy2(f, out_dir / f.name)
+        link_files(parent.path, out_dir)  # same bytes, no copy of the weights
         fields = {"format": "hf", "runtime": COMPILE_RUNTIME, "compile": asdict(self.config), "peer": True,
                   "task": parent.manifest.get("task"), "num_labels": parent.manifest.get("num_labels")}
         enc = load_tokenizer(parent)(["a probe sentence to compile on"], return_tensors="pt")

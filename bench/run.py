@@ -75,7 +75,7 @@ def run_bench(cfg: BenchConfig, log=print) -> dict:
     t0 = time.perf_counter()
 
     def on_result(r: StageResult) -> None:
-        if r.status == "ok" and r.artifact.manifest.get("skip_reason"):  # a peer that cannot run here
+        if r.status == "ok" and r.artifact.manifest.get("skip_reason"):  # a stage or peer that cannot run here (no GPU, ...)
             r.status, r.reason = "skipped", r.artifact.manifest["skip_reason"]
         acc = r.metrics.get("accuracy")
         log(f"[{time.perf_counter() - t0:6.0f}s] stage {r.name}: {r.status}"

@@ -151,6 +151,17 @@ def publish(tmp: Path, dest: Path) -> None:
         shutil.rmtree(old, ignore_errors=True)
 
 
+def link_files(src: Path, dst: Path) -> None:
+    """Hard-link (else copy) ``src``'s files but its manifest into ``dst``: a stage that only
+    changes how a model runs (torch.compile, fused kernels) shares its parent's weights."""
+    for f in Path(src).iterdir():
+        if f.is_file() and f.name != MANIFEST:
+            try:
+                os.link(f, Path(dst) / f.name)
+            except OSError:
+                shutil.copy2(f, Path(dst) / f.name)
+
+
 def write_manifest(directory: Path, **fields) -> dict:
     manifest = {"complete": True, "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
                 "versions": library_versions(), **fields}

@@ -26,6 +26,7 @@ BUILTIN: dict[str, str] = {
     "quantize_int8": "compress.stages:QuantizeInt8",
     "export_onnx": "compress.stages:ExportOnnx",
     "quantize_onnx_int8": "compress.stages:QuantizeOnnxInt8",
+    "kernels": "kernels.stage:FusedKernels",
 }
 # Modules whose ``STAGE_TYPES`` dict is merged in on the first unknown lookup.
 PROVIDERS = ("compress.stages",)
