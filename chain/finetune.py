@@ -8,6 +8,7 @@ Chains: the encoder is carried over from the parent; the head is the parent's he
 this task if it has one, else a fresh one (``head: auto``); every earlier task's head is
 copied into the artifact (``chain.heads``) so forgetting can be measured. LoRA adapters
 (``lora:``) are merged into the weights before saving, so the artifact is a plain model.
+``distill:`` mixes the loss with KL to a teacher's softened logits (recovery after pruning).
 
 Because it is a plain ``Trainer`` run, it also works unchanged under ``torchrun`` /
 ``accelerate launch``: ``processes: N`` launches the stage as N DDP processes
@@ -53,6 +54,28 @@ class LoraSettings:
 
 
 @dataclass
+class DistillSettings:
+    """Knowledge distillation from a teacher (e.g. the unpruned parent) to recover accuracy.
+
+    loss = alpha * T^2 * KL(softmax(teacher / T) || softmax(student / T)) + (1 - alpha) * CE
+    (Hinton et al.; T^2 keeps the soft term's gradient scale independent of T).
+    """
+    teacher: str = ""  # path to an HF-format model or chainpress artifact with a head for this task
+    alpha: float = 0.5  # weight of the soft (KL) term
+    temperature: float = 2.0
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.teacher, str) or not self.teacher:
+            raise SpecError("finetune.distill.teacher: give the teacher model's directory (e.g. the artifact "
+                            "of the stage before pruning)")
+        if isinstance(self.alpha, bool) or not isinstance(self.alpha, (int, float)) or not 0 <= self.alpha <= 1:
+            raise SpecError(f"finetune.distill.alpha must be in [0, 1], got {self.alpha!r}")
+        t = self.temperature
+        if isinstance(t, bool) or not isinstance(t, (int, float)) or t <= 0:
+            raise SpecError(f"finetune.distill.temperature must be positive, got {self.temperature!r}")
+
+
+@dataclass
 class FineTuneConfig:
     task: str | dict = "sst2"  # built-in task name or a Task as dict
     epochs: float = 3.0
@@ -69,6 +92,7 @@ class FineTuneConfig:
     # Freezing MiniLM's 11.7M embedding parameters halves the AdamW step on CPU.
     freeze: list[str] = field(default_factory=list)
     lora: LoraSettings | None = None
+    distill: DistillSettings | None = None  # soft targets from a teacher (recovery after pruning)
     # Head at the start: "auto" = the parent's head for this task if it carries one (or
     # its current head if it was trained on this task), else a fresh one; "new"; "keep".
     head: str = "auto"
@@ -97,6 +121,8 @@ class FineTuneConfig:
             raise SpecError(f"finetune.head must be one of {HEAD_POLICIES}, got {self.head!r}")
         if isinstance(self.lora, dict):
             self.lora = LoraSettings(**self.lora)
+        if isinstance(self.distill, dict):
+            self.distill = DistillSettings(**self.distill)
         if self.lora is not None and self.freeze:
             raise SpecError("finetune: `lora` already freezes the base model; remove `freeze`")
 
@@ -184,6 +210,46 @@ def _guarded_trainer_cls():
     return GuardedTrainer
 
 
+def _distill_trainer_cls(base: type, teacher, settings: DistillSettings):
+    """``base`` with its loss mixed with KL to ``teacher``'s softened logits; the teacher is
+    an attribute of the Trainer, not of the model, so no optimizer or DDP wrapper sees it."""
+    import torch
+    import torch.nn.functional as F
+
+    teacher.eval().requires_grad_(False)
+
+    class DistillTrainer(base):
+        def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+            outputs = model(**inputs)  # CE over the hard labels: outputs.loss
+            with torch.no_grad():
+                t_logits = teacher.to(outputs.logits.device)(**{k: v for k, v in inputs.items()
+                                                                if k != "labels"}).logits
+            T = settings.temperature
+            kl = F.kl_div(F.log_softmax(outputs.logits / T, dim=-1), F.log_softmax(t_logits / T, dim=-1),
+                          log_target=True, reduction="batchmean") * T * T
+            loss = settings.alpha * kl + (1 - settings.alpha) * outputs.loss
+            return (loss, outputs) if return_outputs else loss
+
+    return DistillTrainer
+
+
+def load_teacher(settings: DistillSettings, task: Task, trust_remote_code: bool = False):
+    """The teacher with its head for ``task``; ``SpecError`` if it cannot score that task."""
+    teacher_art = Artifact.load(settings.teacher)
+    teacher = load_model(teacher_art, trust_remote_code=trust_remote_code)
+    head = load_head(teacher_art.path, task.name)
+    own = (teacher_art.manifest.get("task") or {}).get("name")
+    if head is not None:
+        set_head_(teacher, head, task.num_labels)
+    elif own is not None and own != task.name:
+        raise SpecError(f"finetune.distill.teacher {settings.teacher} has no head for task {task.name!r} "
+                        f"(it was trained on {own!r})")
+    if teacher.config.num_labels != task.num_labels:
+        raise SpecError(f"finetune.distill.teacher has {teacher.config.num_labels} outputs, "
+                        f"task {task.name!r} has {task.num_labels} labels")
+    return teacher
+
+
 def _accuracy(eval_pred) -> dict:
     import numpy as np
 
@@ -263,9 +329,13 @@ class FineTune:
         if _distributed():  # frozen parameters are simply outside DDP's buckets
             kw.update(ddp_find_unused_parameters=False, **({} if _cuda() else {"ddp_backend": "gloo"}))
         args = TrainingArguments(**{**kw, **cfg.extra_args})  # extra_args override the defaults
-        trainer = _guarded_trainer_cls()(model=model, args=args, train_dataset=_Encoded(tok, train, cfg.max_length),
-                          eval_dataset=_Encoded(tok, dev, cfg.max_length),
-                          data_collator=DataCollatorWithPadding(tok), compute_metrics=_accuracy)
+        trainer_cls = _guarded_trainer_cls()
+        if cfg.distill is not None:
+            trainer_cls = _distill_trainer_cls(trainer_cls, load_teacher(cfg.distill, task, self.trust_remote_code),
+                                               cfg.distill)
+        trainer = trainer_cls(model=model, args=args, train_dataset=_Encoded(tok, train, cfg.max_length),
+                              eval_dataset=_Encoded(tok, dev, cfg.max_length),
+                              data_collator=DataCollatorWithPadding(tok), compute_metrics=_accuracy)
         out = trainer.train()
         if not math.isfinite(out.training_loss):
             raise TrainingError(f"training loss is {out.training_loss}; lower the learning rate")
@@ -285,7 +355,8 @@ class FineTune:
                 "train": {"loss": out.training_loss, "steps": out.global_step, "examples": len(train),
                           "dev_accuracy": dev_metrics.get("eval_accuracy"), "dev_examples": len(dev),
                           "frozen_params": frozen, "trainable_params": trainable, "head": head,
-                          "processes": int(args.world_size), "shuffled_labels": cfg.shuffle_labels}}
+                          "processes": int(args.world_size), "shuffled_labels": cfg.shuffle_labels,
+                          "distilled_from": cfg.distill.teacher if cfg.distill else None}}
 
 
 def _distributed() -> bool:

@@ -53,8 +53,13 @@ def attention_shape(hf_config: dict) -> tuple[int, int]:
     return n, n * (hidden // heads)
 
 
-def optimize_graph(src: Path, dst: Path, level: int, num_heads: int, hidden_size: int) -> None:
-    """Transformer fusions with onnxruntime.transformers (what ORTOptimizer runs underneath)."""
+def optimize_graph(src: Path, dst: Path, level: int, num_heads: int, hidden_size: int,
+                   attention: bool = True) -> None:
+    """Transformer fusions with onnxruntime.transformers (what ORTOptimizer runs underneath).
+
+    ``attention=False`` keeps Q/K/V as plain MatMuls: static (QDQ) quantization has no
+    quantizer for the fused ``Attention`` op and would leave its weights in fp32.
+    """
     from onnxruntime.transformers.fusion_options import FusionOptions
     from onnxruntime.transformers.optimizer import optimize_model
 
@@ -63,6 +68,7 @@ def optimize_graph(src: Path, dst: Path, level: int, num_heads: int, hidden_size
     # EmbedLayerNormalization would hide the word-embedding Gather from the quantizer,
     # leaving 47 MB of fp32 embeddings in a MiniLM graph; keep the Gather visible.
     options.enable_embed_layer_norm = False
+    options.enable_attention = attention
     opt = optimize_model(str(src), model_type="bert", num_heads=num_heads, hidden_size=hidden_size,
                          opt_level=level, use_gpu=False, optimization_options=options)
     opt.save_model_to_file(str(dst))

@@ -1,0 +1,86 @@
+"""Distillation in FineTune: the KL + CE loss path on tiny models; the teacher is never trained."""
+import pytest
+import torch
+from safetensors.torch import load_file
+from transformers import BertConfig, BertForSequenceClassification, Trainer, TrainingArguments
+
+from chain.artifact import Artifact
+from chain.errors import SpecError
+from chain.finetune import DistillSettings, FineTune, FineTuneConfig, _distill_trainer_cls
+from chain.runner import run_stages
+from chain.task import Task
+from compress.prune import PruneConfig, prune_
+
+
+def _model(seed=0):
+    torch.manual_seed(seed)
+    cfg = BertConfig(vocab_size=120, hidden_size=64, num_hidden_layers=2, num_attention_heads=4,
+                     intermediate_size=128, num_labels=2)
+    return BertForSequenceClassification(cfg).eval()
+
+
+BATCH = {"input_ids": torch.randint(0, 120, (4, 9)), "attention_mask": torch.ones(4, 9, dtype=torch.long),
+         "labels": torch.tensor([0, 1, 1, 0])}
+
+
+def _loss(student, teacher, alpha, T, tmp_path):
+    cls = _distill_trainer_cls(Trainer, teacher, DistillSettings(teacher="unused", alpha=alpha, temperature=T))
+    trainer = cls(model=student, args=TrainingArguments(str(tmp_path), report_to=[], use_cpu=True))
+    return trainer.compute_loss(student, dict(BATCH))
+
+
+def test_loss_mixes_kl_and_ce(tmp_path):
+    student, teacher = _model(0), _model(1)
+    with torch.no_grad():
+        teacher.classifier.weight *= 100  # random tiny models agree to ~1e-5 KL; make the teacher confident
+        ce = student(**BATCH).loss
+        s, t = student(**BATCH).logits, teacher(**BATCH).logits
+    kl = torch.nn.functional.kl_div(torch.log_softmax(s / 2, -1), torch.softmax(t / 2, -1), reduction="batchmean") * 4
+    assert _loss(student, teacher, 0.0, 2.0, tmp_path).item() == pytest.approx(ce.item(), rel=1e-5)
+    assert _loss(student, teacher, 1.0, 2.0, tmp_path).item() == pytest.approx(kl.item(), rel=1e-4)
+    assert _loss(student, teacher, 0.5, 2.0, tmp_path).item() == pytest.approx(0.5 * (kl + ce).item(), rel=1e-4)
+    assert _loss(student, _model(0), 1.0, 2.0, tmp_path).item() == pytest.approx(0.0, abs=1e-6)  # same model
+    assert not any(p.requires_grad for p in teacher.parameters())
+
+
+def test_pruned_student_distils_from_unpruned_teacher(tiny_bert, small_task_files, tmp_path):
+    """Chain shape: prune the parent, fine-tune with the unpruned parent as teacher."""
+    task = Task("small", {k: str(v) for k, v in small_task_files.items()}, 2).to_dict()
+    teacher_before = load_file(str(tiny_bert / "model.safetensors"))
+    student_dir = tmp_path / "pruned"
+    m = BertForSequenceClassification.from_pretrained(tiny_bert)
+    prune_(m, PruneConfig(heads=0.5, ffn=0.5))
+    m.save_pretrained(student_dir)
+    for f in ("tokenizer.json", "tokenizer_config.json", "vocab.txt", "special_tokens_map.json"):
+        (student_dir / f).write_bytes((tiny_bert / f).read_bytes())
+    cfg = FineTuneConfig(task=task, epochs=1, batch_size=16, show_progress=False, head="keep",
+                         distill={"teacher": str(tiny_bert), "alpha": 0.7, "temperature": 2.0})
+    assert isinstance(cfg.distill, DistillSettings)
+    [res] = run_stages(Artifact.load(student_dir), [FineTune(cfg)], tmp_path / "out")
+    assert res.status == "ok", res.reason
+    assert res.artifact.manifest["train"]["distilled_from"] == str(tiny_bert)
+    assert res.artifact.manifest["config"]["distill"]["alpha"] == 0.7
+    after = load_file(str(tiny_bert / "model.safetensors"))
+    assert all(torch.equal(teacher_before[k], after[k]) for k in teacher_before)  # teacher untouched
+    trained = load_file(str(res.artifact.path / "model.safetensors"))
+    assert trained["bert.encoder.layer.0.attention.self.query.weight"].shape == (32, 64)  # still pruned
+
+
+def test_teacher_with_wrong_label_count_is_refused(tiny_bert, small_task_files, tmp_path):
+    teacher = tmp_path / "teacher3"
+    BertForSequenceClassification(BertConfig(vocab_size=30522, hidden_size=64, num_hidden_layers=1,
+                                             num_attention_heads=4, intermediate_size=128,
+                                             num_labels=3)).save_pretrained(teacher)
+    task = Task("small", {k: str(v) for k, v in small_task_files.items()}, 2).to_dict()
+    cfg = FineTuneConfig(task=task, epochs=1, batch_size=16, show_progress=False, distill={"teacher": str(teacher)})
+    [res] = run_stages(Artifact.load(tiny_bert), [FineTune(cfg)], tmp_path / "out")
+    assert res.status == "failed" and "3 outputs" in res.reason
+
+
+@pytest.mark.parametrize("kw,msg", [({"teacher": ""}, "teacher"), ({"teacher": "t", "alpha": 1.5}, "alpha"),
+                                    ({"teacher": "t", "temperature": 0}, "temperature")])
+def test_settings_validation(kw, msg):
+    with pytest.raises(SpecError, match=msg):
+        DistillSettings(**kw)
+    with pytest.raises(SpecError, match=msg):
+        FineTuneConfig(distill=kw)
