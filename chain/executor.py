@@ -35,6 +35,7 @@ from .gates import check_gate
 from .heads import copy_heads
 from .report import write_results
 from .spec import ChainSpec, StageSpec, check_inputs
+from .stage import resolve_stage_refs
 
 NOT_IN_KEY = ("show_progress",)  # config fields that do not change the result
 log = logging.getLogger("chainpress")
@@ -237,6 +238,8 @@ class ChainRun:
                 row = {"name": st.name, "type": st.type, "task": st.task, "parent": parent_name,
                        "status": "skipped", "reason": why}
             else:
+                st = dataclasses.replace(st, config=resolve_stage_refs(
+                    st.config, {n: node.artifact for n, node in nodes.items()}))
                 row, node, stop = self.run_stage(st, parent, forcing)
                 if node is not None:
                     nodes[st.name] = last_node = node

@@ -60,14 +60,16 @@ class DistillSettings:
     loss = alpha * T^2 * KL(softmax(teacher / T) || softmax(student / T)) + (1 - alpha) * CE
     (Hinton et al.; T^2 keeps the soft term's gradient scale independent of T).
     """
-    teacher: str = ""  # path to an HF-format model or chainpress artifact with a head for this task
+    # An earlier stage's name (in a chain) or the directory of an HF model / chainpress
+    # artifact with a head for this task.
+    teacher: str = ""
     alpha: float = 0.5  # weight of the soft (KL) term
     temperature: float = 2.0
 
     def __post_init__(self) -> None:
         if not isinstance(self.teacher, str) or not self.teacher:
-            raise SpecError("finetune.distill.teacher: give the teacher model's directory (e.g. the artifact "
-                            "of the stage before pruning)")
+            raise SpecError("finetune.distill.teacher: name the teacher: an earlier stage (e.g. the one before "
+                            "pruning) or a model directory")
         if isinstance(self.alpha, bool) or not isinstance(self.alpha, (int, float)) or not 0 <= self.alpha <= 1:
             raise SpecError(f"finetune.distill.alpha must be in [0, 1], got {self.alpha!r}")
         t = self.temperature

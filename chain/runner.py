@@ -13,13 +13,13 @@ import logging
 import os
 import time
 import traceback
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, is_dataclass, replace
 from pathlib import Path
 from typing import Callable, Sequence
 
 from .artifact import MANIFEST, Artifact, staging_dir, write_manifest
 from .errors import ChainpressError, SpecError
-from .stage import Stage, config_dict
+from .stage import Stage, config_dict, resolve_stage_refs
 
 log = logging.getLogger("chainpress")
 
@@ -71,6 +71,8 @@ def run_stages(source: Artifact, stages: Sequence[Stage], out_root: str | os.Pat
         if parent is None:
             res = StageResult(stage.name, "skipped", f"parent stage {parent_name!r} did not produce a model")
         else:
+            if is_dataclass(stage) and hasattr(stage, "config"):
+                stage = replace(stage, config=resolve_stage_refs(stage.config, artifacts))
             res = _run_one(stage, parent, parent_name, out_root / f"{i:02d}-{stage.name}", evaluate)
             if res.artifact is not None:
                 artifacts[stage.name] = res.artifact

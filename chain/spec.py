@@ -279,6 +279,12 @@ def parse_spec(raw: dict, base_dir: str | Path = ".", source: str | None = None)
         parent = s.get("parent")
         if parent is not None and parent != "source" and not any(x.name == parent for x in stages):
             raise SpecError(f"{where}.parent: {parent!r} is not an earlier stage (or 'source')")
+        distill = getattr(config, "distill", None)
+        if distill is not None and not any(x.name == distill.teacher for x in stages):
+            distill.teacher = _resolve(base, distill.teacher)
+            if not Path(distill.teacher).is_dir():
+                raise SpecError(f"{where}.config.distill.teacher: {distill.teacher!r} is neither an earlier stage "
+                                "nor a model directory")
         gate = _gate(default_gate, s.get("gate"), f"{where}.gate")
         if gate is not None and gate.on_fail == "retry" and not hasattr(config, "learning_rate"):
             raise SpecError(f"{where}.gate.on_fail: retry lowers the learning rate, and a {type_name} stage has none; "

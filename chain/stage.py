@@ -28,3 +28,15 @@ class Stage(Protocol):
 def config_dict(stage: Stage) -> dict:
     cfg = stage.config
     return asdict(cfg) if is_dataclass(cfg) else dict(cfg or {})
+
+
+def resolve_stage_refs(config: Any, artifacts: dict[str, Artifact]) -> Any:
+    """``config`` with a distillation teacher named by stage (``teacher: finetune``) replaced by
+    that stage's artifact directory, so a spec can name a teacher whose path (with its
+    content hash) is only known once the chain runs. Other configs come back unchanged."""
+    from dataclasses import replace
+
+    distill = getattr(config, "distill", None)
+    if distill is None or distill.teacher not in artifacts:
+        return config
+    return replace(config, distill=replace(distill, teacher=str(artifacts[distill.teacher].path)))
