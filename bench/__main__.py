@@ -61,7 +61,8 @@ def build_config(a: argparse.Namespace):
         measure, test_limit = MeasureConfig(threads=a.threads), None
     return BenchConfig(task=task, output=a.output, model=a.model, quick=a.quick, threads=a.threads,
                        finetune=ft, measure=measure, test_limit=test_limit,
-                       trust_remote_code=a.trust_remote_code, peers=not a.no_peers)
+                       trust_remote_code=a.trust_remote_code, peers=not a.no_peers,
+                       recover_epochs=ft.epochs if a.quick else 2.0)
 
 
 def parse_compare(argv) -> argparse.Namespace:

@@ -62,8 +62,11 @@ def write_reports(results: dict, out_dir: Path, plots: bool = True) -> None:
           "Rows marked (peer) are what a user gets without chainpress; they are not gated.",
           "", markdown_table(results), ""]
     notes = [f"- `{s['name']}` {s['status']}: {s['reason']}" for s in results["stages"] if s.get("reason")]
+    notes += [f"- `{s['name']}` saves no time over `{results['reference']}` on {s.get('backend')} here "
+              f"(95% intervals of its speedups: {s['speedup_ci95']})" + (f"; {s['why']}" if s.get("why") else "")
+              for s in results["stages"] if s.get("speedup_is_real") is False]
     if notes:
-        md += ["Not measured:", ""] + notes + [""]
+        md += ["Not measured, or no faster:", ""] + notes + [""]
     if plots:
         from .plots import write_plots
 

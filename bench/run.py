@@ -40,6 +40,7 @@ class BenchConfig:
     test_limit: int | None = None  # evaluate on the first N test sentences (quick mode)
     trust_remote_code: bool = False
     peers: bool = True  # torch-compile and Optimum-only int8 rows (bench/peers.py)
+    recover_epochs: float = 2.0  # the recovery fine-tune after structured pruning
 
 
 def _row(res: StageResult, peer: bool) -> dict:
@@ -52,6 +53,8 @@ def _row(res: StageResult, peer: bool) -> dict:
         row["peer"] = True
     if res.artifact is not None and res.artifact.manifest.get("compile_s") is not None:
         row["compile_s"] = res.artifact.manifest["compile_s"]
+    if res.artifact is not None and res.artifact.manifest.get("why"):  # e.g. sparsity: why no speed-up
+        row["why"] = res.artifact.manifest["why"]
     for k in ("accuracy", "size_mb", "test_examples"):
         if k in m:
             row[k] = m[k]
@@ -68,7 +71,7 @@ def run_bench(cfg: BenchConfig, log=print) -> dict:
     if cfg.test_limit:
         test = test.head(cfg.test_limit)
     del train
-    chain = default_stages(cfg.finetune)
+    chain = default_stages(cfg.finetune, cfg.recover_epochs)
     peers = peer_stages() if cfg.peers else []
     stages = chain + peers
     evaluate = make_evaluator(test, cfg.measure, cfg.trust_remote_code)
@@ -116,3 +119,13 @@ def _add_relative(rows: list[dict]) -> None:
                 "latency_p50": round(ref["latency_ms"]["p50"] / r["latency_ms"]["p50"], 3)}
         if r.get("size_mb") and ref.get("size_mb"):
             r["size_ratio"] = round(r["size_mb"] / ref["size_mb"], 3)
+        if r is not ref and not r.get("peer") and r.get("speedup_ci95"):
+            r["speedup_is_real"] = speedup_is_real(r)
+
+
+def speedup_is_real(row: dict) -> bool:
+    """Whether a stage is measurably faster than the reference here: the lower end of the
+    95% interval of its batch-32 or batch-1 speedup is above 1.05 (within 5% is no gain).
+    The report names every compression stage for which this is false."""
+    ci = row["speedup_ci95"]
+    return any(ci.get(k, [0, 0])[0] > 1.05 for k in ("throughput", "latency_tmean"))

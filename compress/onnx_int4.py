@@ -91,12 +91,12 @@ def quantize_onnx_int4(src_dir: Path, out_dir: Path, config: OrtInt4Config = Ort
     onnx.save(model, str(out))
     report = {"int4_matmuls": len(replaced), "fp32_matmuls": kept, "group_size": config.group_size}
     if config.embeddings:
-        report["int4_gathers"] = _quantize_gathers(out, config.group_size)
+        report["int4_gathers"] = quantize_gathers(out, config.group_size)
     copy_aux(src_dir, out_dir)
     return report
 
 
-def _quantize_gathers(path: Path, block_size: int) -> int:
+def quantize_gathers(path: Path, block_size: int) -> int:
     """4-bit embedding tables with ORT's weight-only quantizer (Gather -> GatherBlockQuantized)."""
     import logging
 

@@ -24,7 +24,8 @@ def test_tiny_end_to_end(tiny_bert_dir, small_task_files, tmp_path):
     res = run_bench(cfg, log=lambda *_: None)
     saved = json.loads((tmp_path / "out" / "results.json").read_text())
     assert saved["reference"] == "finetune" and saved["environment"]["threads"] == 1
-    assert [s["name"] for s in saved["stages"]] == ["finetune", "int8", "onnx", "onnx-int8", "kernels"]
+    assert [s["name"] for s in saved["stages"]] == ["finetune", "int8", "onnx", "onnx-int8", "onnx-int4", "pruned",
+                                                    "recovered", "recovered-onnx", "recovered-onnx-int8", "kernels"]
     kernels = saved["stages"].pop()  # no CUDA here: reported, not timed
     assert kernels["status"] == "skipped" and "CUDA" in kernels["reason"] and "latency_ms" not in kernels
     for s in saved["stages"]:
@@ -33,12 +34,16 @@ def test_tiny_end_to_end(tiny_bert_dir, small_task_files, tmp_path):
         assert s["latency_ms"]["batch"] == 1 and s["latency_ms"]["p50"] <= s["latency_ms"]["p90"] <= s["latency_ms"]["p99"]
         assert s["throughput"]["batch"] == 32 and s["throughput"]["samples_per_s"] > 0
         assert s["size_mb"] > 0
+    rows = {s["name"]: s for s in saved["stages"]}
+    # pruning shrinks the graph; every compression row says whether its speed-up is real
+    assert rows["recovered-onnx-int8"]["size_mb"] < rows["onnx-int8"]["size_mb"] < rows["onnx"]["size_mb"]
+    assert all(isinstance(s["speedup_is_real"], bool) for s in saved["stages"][1:])
     ref = saved["stages"][0]
     assert ref["speedup"]["throughput"] == 1.0 and ref["accuracy_delta_points"] == 0
     # fp32 ONNX computes the same function as the reference PyTorch model
     assert saved["stages"][2]["accuracy"] == ref["accuracy"]
     assert "| onnx-int8 |" in (tmp_path / "out" / "report.md").read_text()
-    assert res["stages"][:4] == saved["stages"]
+    assert res["stages"][:-1] == saved["stages"]
 
 
 def _one_line_error(p, *needles):

@@ -87,3 +87,29 @@ def test_export_stage_raises_on_mismatch(tiny_bert_dir, tmp_path, monkeypatch):
 def test_onnx_stage_needs_onnx_parent(tiny_bert_dir, tmp_path):
     [res] = run_stages(Artifact.load(tiny_bert_dir), [QuantizeOnnxInt8()], tmp_path)
     assert res.status == "failed" and "needs a onnx parent" in res.reason
+
+
+def test_onnx_int8_with_int4_embeddings(chain_out, tmp_path):
+    """embeddings: int4 -> the word-embedding Gather becomes GatherBlockQuantized: smaller, still close."""
+    import onnx
+
+    from compress.onnx_export import onnx_logits
+    from compress.onnx_quantize import OrtInt8Config, quantize_onnx_int8
+
+    quantize_onnx_int8(chain_out["onnx"].path, tmp_path, OrtInt8Config(embeddings="int4", embedding_block=32))
+    ops = {n.op_type for n in onnx.load(str(tmp_path / "model.onnx")).graph.node}
+    assert "GatherBlockQuantized" in ops and "MatMulInteger" in ops
+    assert (tmp_path / "model.onnx").stat().st_size < 0.8 * (chain_out["onnx-int8"].path / "model.onnx").stat().st_size
+    tok = load_tokenizer(chain_out["onnx"])
+    enc = dict(tok(TEXTS, padding=True, return_tensors="np"))
+    fp32 = onnx_logits(ort_session(chain_out["onnx"].path / "model.onnx"), enc)
+    q = onnx_logits(ort_session(tmp_path / "model.onnx"), enc)
+    assert sqnr_db(torch.from_numpy(fp32), torch.from_numpy(q)) > 12
+
+
+@pytest.mark.parametrize("bad", [dict(embeddings="int2"), dict(embedding_block=48)])
+def test_onnx_int8_config_rejects_bad_embedding_settings(bad):
+    from compress.onnx_quantize import OrtInt8Config
+
+    with pytest.raises(ValueError, match="embedding"):
+        OrtInt8Config(**bad)

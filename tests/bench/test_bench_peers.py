@@ -31,7 +31,7 @@ def tiny_run(tiny_bert_dir, tmp_path_factory):
 def test_peers_are_rows_of_the_same_run(tiny_run):
     res = json.loads((tiny_run / "results.json").read_text())
     rows = {s["name"]: s for s in res["stages"]}
-    assert list(rows) == ["finetune", "int8", "onnx", "onnx-int8", "kernels", *PEERS]
+    assert list(rows)[:4] == ["finetune", "int8", "onnx", "onnx-int8"] and tuple(rows)[-len(PEERS):] == tuple(PEERS)
     assert all(rows[p].get("peer") is True for p in PEERS)
     assert not any(rows[n].get("peer") for n in ("finetune", "int8", "onnx", "onnx-int8"))
     ref = rows["finetune"]
