@@ -112,6 +112,9 @@ def main(argv=None) -> int:
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     a = parse(argv)
     logging.basicConfig(level=logging.DEBUG if a.verbose else logging.WARNING, format="%(message)s")
+    # bitsandbytes' CPU backend tries `from kernels import get_kernel` (Hugging Face's hub-kernel
+    # package), finds chainpress' own `kernels` and warns; it falls back to its built-in path.
+    logging.getLogger("bitsandbytes.backends.cpu.ops").setLevel(logging.ERROR)
     if not a.verbose:
         warnings.filterwarnings("ignore")
         os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")

@@ -31,6 +31,7 @@ from pathlib import Path
 
 from .compare import Thresholds, compare_results, merge_runs
 from .harness import MeasureConfig
+from .report import emit_markdown
 
 REFERENCE = "fp32"
 CHAIN = ("int8", "onnx", "onnx-int8")
@@ -282,10 +283,7 @@ def main(argv=None) -> int:
                           confirm=not a.no_confirm, slowdown=a.slowdown, measure=measure)
     summary = run_gate_check(cfg)
     md = markdown(summary, "python -m bench.gate_check " + " ".join(argv if argv is not None else sys.argv[1:]))
-    print("\n" + md)
-    if a.report:
-        a.report.parent.mkdir(parents=True, exist_ok=True)
-        a.report.write_text(md + "\n")
+    emit_markdown(md, a.report)
     return 0 if summary["passed"] else 1
 
 

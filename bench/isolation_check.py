@@ -23,6 +23,7 @@ from pathlib import Path
 
 from .gate_check import REFERENCE, GateCheckConfig, build
 from .harness import MeasureConfig
+from .report import emit_markdown
 
 PAIR = (REFERENCE, "onnx-int8")
 TOLERANCE = 0.15
@@ -122,10 +123,7 @@ def main(argv=None) -> int:
                             throughput_rounds=3, warmup=5)
     summary = run_isolation_check(GateCheckConfig(work=a.work, model=a.model, measure=measure), a.repeats)
     md = markdown(summary, "python -m bench.isolation_check " + " ".join(argv if argv is not None else sys.argv[1:]))
-    print("\n" + md)
-    if a.report:
-        a.report.parent.mkdir(parents=True, exist_ok=True)
-        a.report.write_text(md + "\n")
+    emit_markdown(md, a.report)
     return 0 if summary["passed"] else 1
 
 

@@ -73,3 +73,11 @@ def write_reports(results: dict, out_dir: Path, plots: bool = True) -> None:
         for name in write_plots(results, out_dir):
             md += [f"![{name[:-4].replace('_', ' ')}]({name})", ""]
     (out_dir / "report.md").write_text("\n".join(md))
+
+
+def emit_markdown(md: str, path: Path | None) -> None:
+    """Print a check's Markdown report and, if ``path`` is given, write it there too."""
+    print("\n" + md)
+    if path:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(md + "\n")

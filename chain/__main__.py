@@ -46,6 +46,9 @@ def parse(argv=None) -> argparse.Namespace:
 
 def _quiet_libraries(verbose: bool) -> None:
     logging.basicConfig(level=logging.DEBUG if verbose else logging.WARNING, format="%(message)s")
+    # bitsandbytes' CPU backend tries `from kernels import get_kernel` (Hugging Face's hub-kernel
+    # package), finds chainpress' own `kernels` and warns; it falls back to its built-in path.
+    logging.getLogger("bitsandbytes.backends.cpu.ops").setLevel(logging.ERROR)
     if not verbose:
         warnings.filterwarnings("ignore")
         os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")

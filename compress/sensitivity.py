@@ -63,9 +63,12 @@ class AccuracyAwareConfig:
 
 
 def layer_sensitivity(model: nn.Module, eval_fn: Callable[[nn.Module], float],
-                      config: AccuracyAwareConfig = AccuracyAwareConfig()) -> dict:
-    """Quantize one Linear at a time; return the fp32 metric and rows sorted by drop (largest first)."""
-    baseline = float(eval_fn(model))
+                      config: AccuracyAwareConfig = AccuracyAwareConfig(), baseline: float | None = None) -> dict:
+    """Quantize one Linear at a time; return the fp32 metric and rows sorted by drop (largest first).
+
+    ``baseline``: the fp32 metric if already measured (one evaluation saved per extra scheme).
+    """
+    baseline = float(eval_fn(model)) if baseline is None else float(baseline)
     rows = []
     for name, lin in list(linear_layers(model, config.skip)):
         quantize_(model, config.quant_config(), skip=config.skip, filter_fn=lambda m, n, name=name: n == name)

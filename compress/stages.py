@@ -119,6 +119,19 @@ class QuantizeOnnxStaticInt8:
         return {"format": "onnx", "task": parent.manifest.get("task"), **report}
 
 
+def rewrite_hf(parent: Artifact, out_dir: Path, stage: str, transform) -> dict:
+    """Load the parent's HF model, change it in place with ``transform(model, tokenizer) ->
+    manifest fields``, save it (safetensors) with its tokenizer into ``out_dir``."""
+    from chain.model import load_model, load_tokenizer
+
+    _require(parent, "hf", stage)
+    model, tok = load_model(parent), load_tokenizer(parent)
+    fields = transform(model, tok)
+    model.save_pretrained(out_dir, safe_serialization=True)
+    tok.save_pretrained(out_dir)
+    return {"format": "hf", "task": parent.manifest.get("task"), **fields}
+
+
 @dataclass
 class Prune:
     """Structured pruning (heads, FFN neurons, layers); Taylor importance uses the parent's task."""
@@ -127,15 +140,12 @@ class Prune:
     parent: str | None = None
 
     def run(self, parent: Artifact, out_dir: Path) -> dict:
-        from chain.model import load_model, load_tokenizer
+        def prune(model, tok) -> dict:
+            before = sum(p.numel() for p in model.parameters())
+            return {"prune": prune_(model, self.config, batches=lambda: task_batches(parent, tok)),
+                    "params_before": before}
 
-        _require(parent, "hf", self.name)
-        model, tok = load_model(parent), load_tokenizer(parent)
-        before = sum(p.numel() for p in model.parameters())
-        report = prune_(model, self.config, batches=lambda: task_batches(parent, tok))
-        model.save_pretrained(out_dir, safe_serialization=True)
-        tok.save_pretrained(out_dir)
-        return {"format": "hf", "task": parent.manifest.get("task"), "prune": report, "params_before": before}
+        return rewrite_hf(parent, out_dir, self.name, prune)
 
 
 @dataclass
@@ -146,16 +156,9 @@ class Sparsify:
     parent: str | None = None
 
     def run(self, parent: Artifact, out_dir: Path) -> dict:
-        from chain.model import load_model, load_tokenizer
-
-        _require(parent, "hf", self.name)
-        model, tok = load_model(parent), load_tokenizer(parent)
-        report = sparsify_(model, self.config)
-        model.save_pretrained(out_dir, safe_serialization=True)
-        tok.save_pretrained(out_dir)
         # speedup_expected / size_saving_expected / why: what the bench report quotes next to the timings
-        return {"format": "hf", "task": parent.manifest.get("task"), "sparsity": report,
-                **speedup_expected(self.config.kind, storage="dense")}
+        return rewrite_hf(parent, out_dir, self.name, lambda model, tok: {
+            "sparsity": sparsify_(model, self.config), **speedup_expected(self.config.kind, storage="dense")})
 
 
 @dataclass

@@ -20,8 +20,9 @@ def test_stage_types_resolve():
 
 
 def test_spec_builds_typed_configs(tmp_path):
+    (tmp_path / "teacher").mkdir()
     spec = parse_spec({"stages": [
-        {"name": "ft", "type": "finetune", "task": "sst2", "config": {"distill": {"teacher": "/models/teacher"}}},
+        {"name": "ft", "type": "finetune", "task": "sst2", "config": {"distill": {"teacher": "teacher"}}},
         {"name": "pruned", "type": "prune", "config": {"heads": 0.25}},
         {"name": "sparse", "type": "sparsify", "config": {"kind": "2:4"}},
         {"name": "aa", "type": "quantize_accuracy_aware", "parent": "pruned",
@@ -33,6 +34,7 @@ def test_spec_builds_typed_configs(tmp_path):
     ]}, base_dir=tmp_path)
     cfg = {s.name: s.config for s in spec.stages}
     assert isinstance(cfg["ft"].distill, DistillSettings) and cfg["ft"].distill.alpha == 0.5
+    assert cfg["ft"].distill.teacher == str(tmp_path / "teacher")  # relative to the spec's directory
     assert cfg["sparse"] == SparsityConfig(kind="2:4")
     assert cfg["aa"] == AccuracyAwareConfig(budget=0.02, embeddings=())
     assert cfg["static"] == OrtStaticInt8Config(calibration="entropy", op_types=("MatMul",))
