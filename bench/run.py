@@ -14,8 +14,9 @@ from chain.finetune import FineTuneConfig, train_dev
 from chain.model import _check_source
 from chain.runner import StageResult, run_stages
 from chain.task import Task
+from compress.prune import PruneConfig
 
-from .chains import REFERENCE, default_stages
+from .chains import PRUNE, REFERENCE, default_stages
 from .environment import environment
 from .harness import MeasureConfig, make_evaluator, measure_speed
 from .peers import peer_stages
@@ -41,6 +42,7 @@ class BenchConfig:
     trust_remote_code: bool = False
     peers: bool = True  # torch-compile and Optimum-only int8 rows (bench/peers.py)
     recover_epochs: float = 2.0  # the recovery fine-tune after structured pruning
+    prune: PruneConfig = field(default_factory=lambda: PRUNE)
 
 
 def _row(res: StageResult, peer: bool) -> dict:
@@ -71,7 +73,7 @@ def run_bench(cfg: BenchConfig, log=print) -> dict:
     if cfg.test_limit:
         test = test.head(cfg.test_limit)
     del train
-    chain = default_stages(cfg.finetune, cfg.recover_epochs)
+    chain = default_stages(cfg.finetune, cfg.recover_epochs, cfg.prune)
     peers = peer_stages() if cfg.peers else []
     stages = chain + peers
     evaluate = make_evaluator(test, cfg.measure, cfg.trust_remote_code)
