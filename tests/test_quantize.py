@@ -15,7 +15,10 @@ def _model():
     return BertForSequenceClassification(cfg).eval()
 
 
-X = {"input_ids": torch.randint(0, 120, (4, 13)), "attention_mask": torch.ones(4, 13, dtype=torch.long)}
+# Fixed inputs: drawn from the global RNG at import, they depended on test order, and NF4's
+# SQNR on this tiny random model ranged around its 12 dB threshold (11.8 dB seen in CI).
+X = {"input_ids": torch.randint(0, 120, (4, 13), generator=torch.Generator().manual_seed(0)),
+     "attention_mask": torch.ones(4, 13, dtype=torch.long)}
 
 
 @pytest.mark.parametrize("cfg,min_db", [(Int8DynamicConfig(), 25), (BnbInt8Config(), 25),
