@@ -25,7 +25,7 @@ class OrtInt8Config:
     op_types: tuple[str, ...] = ("MatMul", "Attention")
     # Embedding tables (Gather): "int8" (per row), "int4" (GatherBlockQuantized, groups of
     # ``embedding_block``) or "fp32". MiniLM's word embeddings are half its weights: int4
-    # takes its int8 graph from 23.0 MB to 18.7 (block 32) or 17.4 MB (block 128).
+    # (block 128) took its int8 graph from 23.0 to 17.4 MB (python -m bench, docs/results).
     embeddings: str = "int8"
     embedding_block: int = 32
 
