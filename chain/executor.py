@@ -176,6 +176,13 @@ class ChainRun:
                 row.update(status="failed", reason=att.error, cached=att.cached, key=att.key)
                 stop = gate is not None and gate.on_fail == "stop"
                 return row, None, stop
+            if att.artifact is not None and att.artifact.manifest.get("skip_reason"):
+                # a runtime that cannot run here (e.g. the `kernels` stage without CUDA): nothing to
+                # evaluate or gate; stages built on it are skipped too
+                rec["status"] = "skipped"
+                row.update(status="skipped", reason=att.artifact.manifest["skip_reason"], cached=att.cached,
+                           key=att.key)
+                return row, None, False
             if att.diverged:
                 reasons = [f"training diverged: {att.error}"]
                 acc = {}

@@ -28,9 +28,14 @@ STAGE_TYPES = {
 }
 
 
+def _task_or_sst2(parent: Artifact) -> Task:
+    """The task the parent was trained on (its manifest), else SST-2: real sentences either way."""
+    return Task.from_dict(parent.manifest["task"]) if parent.manifest.get("task") else builtin_task("sst2")
+
+
 def validation_texts(parent: Artifact, n: int) -> list[str]:
     """Real inputs for numeric checks: the parent's own task (dev split), else SST-2 dev."""
-    task = Task.from_dict(parent.manifest["task"]) if parent.manifest.get("task") else builtin_task("sst2")
+    task = _task_or_sst2(parent)
     split = "dev" if task.has_split("dev") else "train"
     return task.load(split).texts[:n]
 
@@ -39,8 +44,7 @@ def calibration_texts(parent: Artifact, n: int, seed: int = 0) -> list[str]:
     """Calibration inputs: a seeded sample of the train split, so checks on dev stay unseen."""
     import random
 
-    task = Task.from_dict(parent.manifest["task"]) if parent.manifest.get("task") else builtin_task("sst2")
-    texts = task.load("train").texts
+    texts = _task_or_sst2(parent).load("train").texts
     return random.Random(seed).sample(texts, min(n, len(texts)))
 
 
