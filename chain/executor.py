@@ -107,10 +107,14 @@ class ChainRun:
     # ---- one attempt: cached artifact, cached divergence, or a fresh run ----------------
     def attempt(self, st: StageSpec, config, parent: Node, force: bool) -> Attempt:
         task_fp = self.spec.tasks[st.task].fingerprint() if st.task else None
-        key = stage_key(parent.key, st.type, config, task_fp)
+        key = stage_key(parent.key, st.type, self._keyed(config), task_fp)
         dest, diverged = self.art_root / f"{st.name}-{key}", self.art_root / f"{st.name}-{key}.failed.json"
         if not force and (dest / MANIFEST).is_file():
-            return Attempt(key, config, Artifact.load(dest), cached=True)
+            art = Artifact.load(dest)
+            # a stage skipped for want of hardware (``kernels`` without CUDA) is re-tried: the
+            # next run may be on a machine that has it, and skipping again costs nothing
+            if not art.manifest.get("skip_reason"):
+                return Attempt(key, config, art, cached=True)
         if not force and diverged.is_file():
             return Attempt(key, config, cached=True, diverged=True, error=json.loads(diverged.read_text())["reason"])
         diverged.unlink(missing_ok=True)
@@ -144,6 +148,17 @@ class ChainRun:
             return Attempt(key, config, error=f"{type(e).__name__}: {e}", wall_time_s=time.perf_counter() - t0)
         pause_point(f"published:{st.name}")
         return Attempt(key, config, Artifact.load(dest), wall_time_s=time.perf_counter() - t0)
+
+    def _keyed(self, config):
+        """``config`` as it enters the cache key: a distillation teacher by content (an artifact of
+        this run by its ``<stage>-<key>`` name, another directory by its hash), not by a path
+        that changes with the working directory or the output's location."""
+        d = getattr(config, "distill", None)
+        if d is None or not Path(d.teacher).is_dir():
+            return config
+        t = Path(d.teacher).resolve()
+        ref = f"artifact:{t.name}" if t.parent == self.art_root.resolve() else f"dir:{dir_hash(t)}"
+        return dataclasses.replace(config, distill=dataclasses.replace(d, teacher=ref))
 
     def _clock(self) -> str:
         return f"{time.perf_counter() - self.t0:6.0f}s"
@@ -257,7 +272,7 @@ class ChainRun:
             self._write(results, last_node)
         results["final"] = self._final(last_node)
         if baseline:
-            results["baseline"] = self._baseline(nodes)
+            results["baseline"] = self._baseline(nodes, results["stages"])
         results["wall_time_s"] = round(time.perf_counter() - self.t0, 1)
         self._write(results, last_node)
         return results
@@ -266,21 +281,40 @@ class ChainRun:
         acc = {t: r["accuracy"] for t, r in self.measure(node).items()}
         return {"stage": node.name, "artifact": str(node.artifact.path), "accuracy": acc}
 
-    def _baseline(self, nodes: dict[str, Node]) -> dict:
-        """The last fine-tune stage's task, trained straight from the base model, same config."""
+    def _baseline(self, nodes: dict[str, Node], rows: list[dict]) -> dict:
+        """The final task trained straight from the base model with the chain's recipe for it.
+
+        Replays, from the base model and in order, every fine-tune stage on the final task that
+        the chain kept (a distillation stage included, its teacher mapped to the replayed
+        stage), so the comparison isolates what the earlier tasks bring. With none kept, the
+        last fine-tune stage is replayed alone."""
         last = self.spec.baseline_stage()
         if last is None:
             raise SpecError("baseline: the chain has no fine-tune stage to compare with")
-        st = dataclasses.replace(last, name=f"baseline-{last.name}", parent="source", gate=None)
-        row, node, _ = self.run_stage(st, nodes["source"], self.force == st.name)
-        self._report(row)
+        kept = {r["name"] for r in rows if r.get("status") in ("ok", "cached")}
+        replay = [s for s in self.spec.stages if s.type == "finetune" and s.task == last.task and s.name in kept]
+        replay = replay or [last]
+        refs = {n: node.artifact for n, node in nodes.items()}
+        parent, row, done, forcing = nodes["source"], {}, [], False
+        for s in replay:
+            st = dataclasses.replace(s, name=f"baseline-{s.name}", parent=parent.name, gate=None)
+            st = dataclasses.replace(st, config=resolve_stage_refs(st.config, refs))
+            forcing = forcing or self.force == st.name  # --force baseline-X: X's replay and later ones
+            row, node, _ = self.run_stage(st, parent, forcing)
+            done.append(row)
+            self._report(row)
+            if node is None:
+                break
+            refs[s.name] = node.artifact  # a later replayed stage's teacher is the replayed one
+            parent = node
         chain_node = nodes.get(last.name)
         chain_acc = self.measure(chain_node).get(last.task, {}).get("accuracy") if chain_node else None
-        base_acc = (row.get("accuracy") or {}).get(last.task)
+        base_acc = (row.get("accuracy") or {}).get(last.task) if row.get("status") in ("ok", "cached") else None
         gain = None if chain_acc is None or base_acc is None else round(100 * (chain_acc - base_acc), 2)
-        return {"stage": st.name, "task": last.task, "status": row["status"], "reason": row.get("reason", ""),
+        return {"stage": row["name"], "task": last.task, "status": row["status"], "reason": row.get("reason", ""),
                 "artifact": row.get("artifact"), "accuracy": base_acc, "chain_stage": chain_node.name if chain_node else None,
-                "chain_accuracy": chain_acc, "gain_points": gain, "row": row}
+                "chain_accuracy": chain_acc, "gain_points": gain, "replayed": [s.name for s in replay],
+                "row": row, "rows": done}
 
     def _report(self, row: dict) -> None:
         acc = row.get("accuracy") or {}

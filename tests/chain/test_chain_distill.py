@@ -26,6 +26,13 @@ def test_teacher_named_by_stage_is_its_artifact(tmp_path, tiny_bert_dir, easy_ta
 
     cfg = json.loads((Path(r["artifact"]) / "config.json").read_text())
     assert cfg["intermediate_size"] == 64 and all(len(v) == 2 for v in cfg["pruned_heads"].values())
+    # the teacher enters the cache key by content, not by path: a moved output is still a cache
+    import shutil
+
+    shutil.copytree(tmp_path / "out", tmp_path / "moved")
+    again = run_chain(spec, tmp_path / "moved", log=lambda *_: None)
+    assert [s["status"] for s in again["stages"]] == ["cached"] * 3
+    assert again["stages"][2]["key"] == r["key"]
 
 
 def test_unknown_teacher_is_a_spec_error(tmp_path, tiny_bert_dir, easy_tasks):

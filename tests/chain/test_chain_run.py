@@ -107,9 +107,32 @@ def test_forgetting_matrix_and_results_file(work):
     assert f["senti"]["trained_at"] == "a" and f["topic"]["trained_at"] == "b"
     assert res["final"]["stage"] == "q" and set(res["final"]["accuracy"]) == {"senti", "topic"}
     base = res["baseline"]
-    assert base["stage"] == "baseline-bad" and base["task"] == "senti" and base["status"] == "ok"
+    # the baseline replays the senti stages the chain kept (a), not the rolled-back one (bad)
+    assert base["replayed"] == ["a"] and base["stage"] == "baseline-a" and base["task"] == "senti"
+    assert base["status"] == "ok" and base["chain_stage"] == "b"  # bad rolled back to b
     assert base["gain_points"] == pytest.approx(100 * (base["chain_accuracy"] - base["accuracy"]), abs=0.01)
     assert "## Chain vs direct fine-tuning" in work["files"]["report.md"]
+
+
+def test_baseline_replays_the_final_task_stages_with_their_own_teacher(work):
+    """topic -> senti -> senti distilled from the senti stage: the direct model gets the same
+    two senti stages, the second distilled from the replayed first, never from the chain."""
+    kd = {"name": "kd", "type": "finetune", "task": "senti", "config": {"distill": {"teacher": "a2"}}}
+    a2 = {**A, "name": "a2"}
+    topic = {"name": "t", "type": "finetune", "task": "topic"}
+    res, logs = _run(work["tmp"], work["model"], work["tasks"], [topic, a2, kd], work["out"], name="kd",
+                     baseline=True)
+    base = res["baseline"]
+    assert [s["status"] for s in res["stages"]] == ["ok", "ok", "ok"]
+    assert base["replayed"] == ["a2", "kd"] and [r["name"] for r in base["rows"]] == ["baseline-a2", "baseline-kd"]
+    first, second = (Artifact.load(r["artifact"]) for r in base["rows"])
+    assert first.manifest["parent_stage"] == "source" and second.manifest["parent_stage"] == "baseline-a2"
+    assert second.manifest["train"]["distilled_from"] == str(first.path)
+    chain_a2 = next(s for s in res["stages"] if s["name"] == "a2")["artifact"]
+    assert chain_a2 != str(first.path)
+    assert base["chain_stage"] == "kd" and base["accuracy"] == base["rows"][-1]["accuracy"]["senti"]
+    report = (work["out"] / "report.md").read_text()
+    assert "`baseline-a2` -> `baseline-kd`" in report
 
 
 def test_rerun_reuses_everything(work):
