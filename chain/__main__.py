@@ -24,7 +24,8 @@ def parse(argv=None) -> argparse.Namespace:
     r.add_argument("--output", type=Path, help="output directory (default: the spec's `output`, else runs/<name>)")
     r.add_argument("--force", metavar="STAGE", help="recompute STAGE and every stage after it")
     r.add_argument("--baseline", action="store_true",
-                   help="also fine-tune the last fine-tune stage's task directly from the base model")
+                   help="also train the final task directly from the base model (the chain's stages on that "
+                        "task, replayed from the base model)")
     r.add_argument("--quiet", action="store_true", help="no training progress bars")
     r.add_argument("--threads", type=int, help="torch threads for training and evaluation (overrides eval.threads; "
                                                "1 is fastest on a busy machine)")
@@ -74,6 +75,12 @@ def main(argv=None) -> int:
             sizes = check_inputs(spec)
             print(f"{a.spec}: ok; {len(spec.stages)} stages; tasks " +
                   ", ".join(f"{t} {s}" for t, s in sizes.items()))
+            from .overlap import train_eval_overlap
+
+            for o in train_eval_overlap(spec):
+                print(f"note: stage {o['stage']} trains on {o['shared']} of {o['eval_task']}'s {o['eval_size']} "
+                      f"unique {o['split']} sentences ({o['train_task']} data); its {o['eval_task']} scores are "
+                      "not fully held out")
             return 0
         if a.command == "finetune":
             from .distributed import finetune_cli

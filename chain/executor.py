@@ -33,6 +33,7 @@ from .evaluate import Evaluator
 from .faults import pause_point
 from .gates import check_gate
 from .heads import copy_heads
+from .overlap import train_eval_overlap
 from .report import write_results
 from .spec import ChainSpec, StageSpec, check_inputs
 from .stage import resolve_stage_refs
@@ -243,7 +244,7 @@ class ChainRun:
         results = {"spec": spec.source, "name": spec.name, "model": str(source.path), "output": str(self.out),
                    "tasks": list(dict.fromkeys(s.task for s in spec.stages if s.task)),
                    "eval": dataclasses.asdict(spec.eval), "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-                   "stages": []}
+                   "stages": [], "overlap": train_eval_overlap(spec)}
         names = [s.name for s in spec.stages]
         if self.force is not None and self.force not in names + [f"baseline-{s.name}" for s in spec.stages]:
             raise SpecError(f"--force {self.force!r}: no such stage; stages: {', '.join(names)}")

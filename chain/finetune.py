@@ -28,7 +28,7 @@ from .artifact import Artifact
 from .errors import SpecError, TrainingError
 from .heads import copy_heads, load_head, reinit_head_, save_head, set_head_
 from .model import load_model, load_tokenizer
-from .task import Split, Task, builtin_task
+from .task import Split, Task, builtin_task, normalize_text
 
 HEAD_POLICIES = ("auto", "new", "keep")
 
@@ -102,6 +102,9 @@ class FineTuneConfig:
     # as in a mislabelled data set, so the stage learns nothing useful and its gate must
     # reject it. Test labels (what gates measure) are untouched.
     shuffle_labels: bool = False
+    # Decontamination: drop from the training set every text of these task splits, e.g.
+    # [{"task": "sst2", "split": "test"}] (a chain spec's `decontaminate: true` fills it).
+    exclude: list[dict] = field(default_factory=list)
     processes: int = 1  # > 1: DDP over N local processes via torchrun (gloo on CPU)
     show_progress: bool = True
     extra_args: dict = field(default_factory=dict)  # passed through to TrainingArguments
@@ -121,6 +124,9 @@ class FineTuneConfig:
             raise SpecError(f"finetune.dev_fraction must be in (0, 1), got {self.dev_fraction}")
         if self.head not in HEAD_POLICIES:
             raise SpecError(f"finetune.head must be one of {HEAD_POLICIES}, got {self.head!r}")
+        for i, ex in enumerate(self.exclude):
+            if not isinstance(ex, dict) or set(ex) != {"task", "split"} or not isinstance(ex["split"], str):
+                raise SpecError(f"finetune.exclude[{i}] must be {{task: NAME or task mapping, split: NAME}}, got {ex!r}")
         if isinstance(self.lora, dict):
             self.lora = LoraSettings(**self.lora)
         if isinstance(self.distill, dict):
@@ -132,7 +138,22 @@ class FineTuneConfig:
         return builtin_task(self.task) if isinstance(self.task, str) else Task.from_dict(self.task)
 
 
+def excluded_texts(cfg: FineTuneConfig) -> set[str]:
+    """Normalised texts of the ``exclude`` splits (see ``FineTuneConfig.exclude``)."""
+    out = set()
+    for ex in cfg.exclude:
+        t = builtin_task(ex["task"]) if isinstance(ex["task"], str) else Task.from_dict(ex["task"])
+        out |= {normalize_text(x) for x in t.load(ex["split"]).texts}
+    return out
+
+
+def drop_texts(split: Split, texts: set[str]) -> Split:
+    keep = [i for i, t in enumerate(split.texts) if normalize_text(t) not in texts]
+    return Split([split.texts[i] for i in keep], [split.labels[i] for i in keep])
+
+
 def train_dev(task: Task, cfg: FineTuneConfig) -> tuple[Split, Split]:
+    """The stage's training and dev sets: decontaminated first, then subsampled."""
     train = task.load("train")
     if task.has_split("dev"):
         dev = task.load("dev")
@@ -143,6 +164,12 @@ def train_dev(task: Task, cfg: FineTuneConfig) -> tuple[Split, Split]:
         dev_idx, tr_idx = sorted(idx[:n_dev]), sorted(idx[n_dev:])
         dev = Split([train.texts[i] for i in dev_idx], [train.labels[i] for i in dev_idx])
         train = Split([train.texts[i] for i in tr_idx], [train.labels[i] for i in tr_idx])
+    if cfg.exclude:
+        banned = excluded_texts(cfg)
+        train, dev = drop_texts(train, banned), drop_texts(dev, banned)
+        if not len(train) or not len(dev):
+            raise SpecError(f"finetune.exclude removes every {'training' if not len(train) else 'dev'} text of "
+                            f"task {task.name!r}; it is the same data as an excluded split")
     if cfg.max_train_samples:
         train = _subsample(train, cfg.max_train_samples, cfg.seed)
     if cfg.max_eval_samples:

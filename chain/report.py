@@ -85,6 +85,7 @@ def markdown(results: dict) -> str:
     for f in results.get("forgetting", []):
         md.append(f"| {f['task']} | {f['trained_at'] or '—'} | {_f(f['after_training'])} | {_f(f['final'])} | "
                   f"{_f(f['change_points'], '+.2f')} |")
+    md += overlap_section(results.get("overlap") or [])
     b = results.get("baseline")
     if b:
         replayed = b.get("replayed") or [b["chain_stage"]]
@@ -98,6 +99,19 @@ def markdown(results: dict) -> str:
                f"| chain − direct | {_f(b['gain_points'], '+.2f')} points |"]
     md.append("")
     return "\n".join(md)
+
+
+def overlap_section(rows: list[dict]) -> list[str]:
+    """Markdown lines for ``chain.overlap.train_eval_overlap`` rows (none when there is no overlap)."""
+    if not rows:
+        return []
+    md = ["", "## Train/test text overlap", "",
+          "Sentences of a task's evaluation split that a fine-tune stage trained on (exact match after case "
+          "and whitespace normalisation; with that stage's labels, which may be another task's). "
+          "Scores on these tasks are not fully held out; `decontaminate: true` in the spec removes them.", "",
+          "| stage | trained on | evaluated task | shared sentences | of unique eval sentences |", "|---|---|---|---|---|"]
+    return md + [f"| {o['stage']} | {o['train_task']} | {o['eval_task']} ({o['split']}) | {o['shared']} | "
+                 f"{o['eval_size']} ({100 * o['fraction']:.1f}%) |" for o in rows]
 
 
 def write_results(results: dict, out_dir: Path) -> None:

@@ -25,7 +25,7 @@ from .gates import GateConfig
 from .registry import config_class, stage_class
 from .task import BUILTIN, Task, builtin_task
 
-TOP_KEYS = ("name", "model", "output", "seed", "tasks", "defaults", "gate", "eval", "baseline", "stages",
+TOP_KEYS = ("name", "model", "output", "seed", "tasks", "defaults", "gate", "eval", "baseline", "decontaminate", "stages",
             "trust_remote_code")
 STAGE_KEYS = ("name", "type", "task", "parent", "config", "gate")
 TASK_KEYS = ("builtin", "files", "dataset", "splits", "num_labels", "text_column", "label_column", "holdout",
@@ -290,6 +290,14 @@ def parse_spec(raw: dict, base_dir: str | Path = ".", source: str | None = None)
             raise SpecError(f"{where}.gate.on_fail: retry lowers the learning rate, and a {type_name} stage has none; "
                             "use rollback or stop")
         stages.append(StageSpec(name, type_name, cls, config, parent, task_name, gate))
+    ev = build_dataclass(EvalConfig, raw.get("eval") or {}, "eval")
+    if coerce(raw.get("decontaminate", False), bool, "decontaminate"):
+        # no stage trains on a text that any task of the chain is scored on
+        used = list(dict.fromkeys(s.task for s in stages if s.task))
+        banned = [{"task": tasks[t].to_dict(), "split": ev.split} for t in used]
+        for s in stages:
+            if s.type == "finetune":
+                s.config.exclude = s.config.exclude + [b for b in banned if b not in s.config.exclude]
     model = raw.get("model")
     if model is not None:
         model = _resolve(base, coerce(model, str, "model"))
@@ -298,7 +306,7 @@ def parse_spec(raw: dict, base_dir: str | Path = ".", source: str | None = None)
         output = Path(_resolve(base, coerce(output, str, "output")))
     spec = ChainSpec(name=coerce(raw.get("name") or (Path(source).stem if source else "chain"), str, "name"),
                      stages=stages, tasks=tasks, model=model, output=output,
-                     eval=build_dataclass(EvalConfig, raw.get("eval") or {}, "eval"),
+                     eval=ev,
                      baseline=coerce(raw.get("baseline", False), bool, "baseline"),
                      trust_remote_code=coerce(raw.get("trust_remote_code", False), bool, "trust_remote_code"),
                      source=source)

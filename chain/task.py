@@ -14,6 +14,7 @@ import csv
 import hashlib
 import json
 import random
+import re
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -21,6 +22,11 @@ from .errors import DataError, SpecError
 
 DATA_DIR = Path(__file__).parent / "data"
 SPLITS = ("train", "dev", "test")
+
+
+def normalize_text(text: str) -> str:
+    """The form in which texts are compared across tasks (overlap, decontamination)."""
+    return re.sub(r"\s+", " ", text).strip().casefold()
 
 
 @dataclass(frozen=True)

@@ -112,6 +112,8 @@ def test_forgetting_matrix_and_results_file(work):
     assert base["status"] == "ok" and base["chain_stage"] == "b"  # bad rolled back to b
     assert base["gain_points"] == pytest.approx(100 * (base["chain_accuracy"] - base["accuracy"]), abs=0.01)
     assert "## Chain vs direct fine-tuning" in work["files"]["report.md"]
+    # no synthetic test sentence occurs in any training set: no overlap rows, no report section
+    assert res["overlap"] == [] and "## Train/test text overlap" not in work["files"]["report.md"]
 
 
 def test_baseline_replays_the_final_task_stages_with_their_own_teacher(work):
