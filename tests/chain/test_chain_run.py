@@ -135,6 +135,12 @@ def test_baseline_replays_the_final_task_stages_with_their_own_teacher(work):
     assert base["chain_stage"] == "kd" and base["accuracy"] == base["rows"][-1]["accuracy"]["senti"]
     report = (work["out"] / "report.md").read_text()
     assert "`baseline-a2` -> `baseline-kd`" in report
+    # --force on the first replay recomputes it and the replays after it, nothing of the chain
+    res2, _ = _run(work["tmp"], work["model"], work["tasks"], [topic, a2, kd], work["out"], name="kd",
+                   baseline=True, force="baseline-a2")
+    assert [s["status"] for s in res2["stages"]] == ["cached"] * 3
+    assert [r["status"] for r in res2["baseline"]["rows"]] == ["ok", "ok"]
+    assert res2["baseline"]["accuracy"] == base["accuracy"]  # same seeds, same result
 
 
 def test_rerun_reuses_everything(work):
