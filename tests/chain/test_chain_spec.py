@@ -171,9 +171,9 @@ def test_example_specs_validate(name):
 
 def test_sentiment_example_is_subj_sst5_sst2():
     spec = load_spec(REPO / "examples" / "sentiment_chain.yaml", check=False)
-    assert [s.task for s in spec.stages if s.type == "finetune"] == ["subj", "sst5", "sst2", "sst2"]
-    kd = spec.stages[3].config.distill
-    assert kd is not None and kd.teacher == "sst2"  # self-distillation from the sst2 stage
+    assert [s.task for s in spec.stages if s.type == "finetune"] == ["subj", "sst5", "sst2"]
+    # decontaminated: every fine-tune stage excludes the test split of every task
+    assert all([e["split"] for e in s.config.exclude] == ["test"] * 3 for s in spec.stages[:3])
 
 
 def test_cli_errors_are_one_line_exit_2(tmp_path, tiny_bert_dir, easy_tasks, capsys):
