@@ -293,7 +293,7 @@ class ChainRun:
         if last is None:
             raise SpecError("baseline: the chain has no fine-tune stage to compare with")
         kept = {r["name"] for r in rows if r.get("status") in ("ok", "cached")}
-        replay = [s for s in self.spec.stages if s.type == "finetune" and s.task == last.task and s.name in kept]
+        replay = [s for s in self.spec.stages if s.task == last.task and s.name in kept]
         replay = replay or [last]
         refs = {n: node.artifact for n, node in nodes.items()}
         parent, row, done, forcing = nodes["source"], {}, [], False

@@ -296,7 +296,7 @@ def parse_spec(raw: dict, base_dir: str | Path = ".", source: str | None = None)
         used = list(dict.fromkeys(s.task for s in stages if s.task))
         banned = [{"task": tasks[t].to_dict(), "split": ev.split} for t in used]
         for s in stages:
-            if s.type == "finetune":
+            if hasattr(s.config, "exclude"):  # fine-tune stages (and user types built on FineTuneConfig)
                 s.config.exclude = s.config.exclude + [b for b in banned if b not in s.config.exclude]
     model = raw.get("model")
     if model is not None:
