@@ -4,7 +4,8 @@ One run's gain can be noise: on SST-2 (1821 test sentences) two runs that differ
 training randomness differ by ~0.5 points. This reruns a spec with ``--baseline`` once per
 seed, the seed set on the stages from ``--stage`` on (earlier stages are shared and cached),
 and reports both accuracies on the final task per seed, their means and the paired
-difference with its standard deviation.
+difference with its standard deviation. Each seed's run rewrites the output's ``report.md``
+and ``results.json`` (the last seed's stay); ``seeds.md`` / ``seeds.json`` hold every seed.
 
     python -m chain.seeds examples/sentiment_chain.yaml --stage sst2 --seeds 1 2 3
 """
@@ -94,6 +95,9 @@ def main(argv=None) -> int:
     except ChainpressError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print("interrupted: finished stages are kept; run the same command again to resume", file=sys.stderr)
+        return 130
     print(markdown(summary, summary["task"]))
     return 0
 

@@ -331,6 +331,15 @@ def check_inputs(spec: ChainSpec) -> dict[str, dict[str, int]]:
                 raise type(e)(f"tasks.{name}: {e}") from None
             if spec.eval.split not in sizes[name]:
                 raise SpecError(f"tasks.{name}: eval.split is {spec.eval.split!r} but the task has no such split")
+    for i, st in enumerate(spec.stages):
+        for j, ex in enumerate(getattr(st.config, "exclude", None) or []):
+            where = f"stages[{i}] ({st.name}).config.exclude[{j}]"
+            try:
+                t = builtin_task(ex["task"]) if isinstance(ex["task"], str) else Task.from_dict(ex["task"])
+            except (ChainpressError, TypeError) as e:
+                raise SpecError(f"{where}.task: {e}") from None
+            if not t.has_split(ex["split"]):
+                raise SpecError(f"{where}.split: task {t.name!r} has no {ex['split']!r} split")
     return sizes
 
 

@@ -72,3 +72,14 @@ def test_exclude_errors_are_clear(tmp_path, tiny_bert_dir):
     cfg = FineTuneConfig(task=same["task"], exclude=[same])
     with pytest.raises(SpecError, match="removes every training text of task 'a'"):
         train_dev(cfg.get_task(), cfg)
+
+
+@pytest.mark.parametrize("exclude, message", [
+    ({"task": "nope", "split": "test"}, r"exclude\[0\]\.task: unknown built-in task 'nope'"),
+    ({"task": "sst2", "split": "validation"}, r"exclude\[0\]\.split: task 'sst2' has no 'validation' split"),
+])
+def test_bad_exclude_is_a_spec_error_before_training(tmp_path, tiny_bert_dir, exclude, message):
+    stages = [{"name": "sa", "type": "finetune", "task": "a", "config": {"exclude": [exclude]}}]
+    with pytest.raises(SpecError, match=r"stages\[0\] \(sa\)\.config\." + message):
+        load_spec(make_spec(tmp_path / "s.yaml", tiny_bert_dir, _tasks(tmp_path), stages))
+
