@@ -161,8 +161,8 @@ def merge_runs(runs: list[dict], role: str = "baseline") -> dict:
     out["merged_runs"] = len(runs)
     for i, row in enumerate(out["stages"]):
         rows = [r["stages"][i] for r in runs]
-        if any(x["status"] != "ok" for x in rows):
-            bad = next(x for x in rows if x["status"] != "ok")
+        if any(not _ran(x) for x in rows):
+            bad = next(x for x in rows if not _ran(x))
             out["stages"][i] = bad  # a stage that failed in any run failed
             continue
         for m in set.intersection(*(set(x.get("speedup") or {}) for x in rows)):
@@ -190,7 +190,7 @@ def _check_comparable(base: dict, cur: dict, absolute: bool) -> None:
         raise CompareInputError(f"baseline {bp} has stages {missing} that current {cp} lacks (current: "
                                 f"{sorted(cnames)}); record a new baseline for this chain")
     ref = _stage(base, base["reference"])
-    if ref is None or ref["status"] != "ok":
+    if ref is None or not _ran(ref):
         raise CompareInputError(f"baseline {bp}: reference stage {base['reference']!r} did not run ok; "
                                 "record a baseline from a successful run")
     bt, ct = (d.get("environment", {}).get("threads") for d in (base, cur))
@@ -210,6 +210,11 @@ def _check_comparable(base: dict, cur: dict, absolute: bool) -> None:
                 f"--absolute needs a baseline from this machine, but {', '.join(diff)} differ "
                 f"({', '.join(f'{be.get(k)!r} vs {ce.get(k)!r}' for k in diff)}); drop --absolute to gate on "
                 "speedups, which carry across machines")
+
+
+def _ran(stage: dict) -> bool:
+    """Ran here, or was reused from the run's cache (the same artifact, timed in this run)."""
+    return stage["status"] in ("ok", "cached")
 
 
 def _stage(doc: dict, name: str) -> dict | None:
@@ -285,10 +290,10 @@ def compare_results(base: dict, cur: dict, thresholds: Thresholds = Thresholds()
         if b.get("peer") and not include_peers:
             out.notes.append(f"{name}: peer row, not gated (pass --include-peers to gate it)")
             continue
-        if b["status"] != "ok":
+        if not _ran(b):
             out.notes.append(f"{name}: {b['status']} in the baseline, not gated")
             continue
-        if c["status"] != "ok":
+        if not _ran(c):
             out.changes.append(Change(name, "status", "ok", c["status"], verdict="REGRESSION"))
             continue
         if b.get("accuracy") is not None and c.get("accuracy") is not None:

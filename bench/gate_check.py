@@ -57,45 +57,44 @@ class GateCheckConfig:
 
 
 def build(cfg: GateCheckConfig, log=print) -> list[Path]:
-    """The reference (model + seeded 2-label head) and the chain's stages, built once and reused."""
+    """The reference (model + seeded 2-label head) and the chain's stages, built once and reused
+    (through the chain executor: a second call finds every stage cached)."""
     import torch
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-    from chain.artifact import MANIFEST, Artifact, staging_dir, write_manifest
-    from chain.runner import run_stages, update_metrics
+    from chain.artifact import MANIFEST, staging_dir, write_manifest
+    from chain.executor import run_chain
+    from chain.spec import parse_spec
     from chain.task import builtin_task
-    from compress.stages import ExportOnnx, QuantizeInt8, QuantizeOnnxInt8
 
-    from .harness import make_evaluator
-    from .run import default_model_path
+    from .spec import default_model_path
 
     src = cfg.model or default_model_path()
-    ref_dir, out_root = cfg.work / REFERENCE, cfg.work / "artifacts"
-    stages = [QuantizeInt8(name="int8", parent="source"), ExportOnnx(name="onnx", parent="source"),
-              QuantizeOnnxInt8(name="onnx-int8", parent="onnx")]
-    dirs = [ref_dir] + [out_root / f"{i:02d}-{s.name}" for i, s in enumerate(stages)]
-    if all((d / MANIFEST).is_file() for d in dirs):
-        return dirs
-    log(f"building {REFERENCE} + {', '.join(CHAIN)} from {src} under {cfg.work}")
-    with staging_dir(ref_dir) as tmp:
-        torch.manual_seed(0)
-        model = AutoModelForSequenceClassification.from_pretrained(src, num_labels=2, use_safetensors=True)
-        model.save_pretrained(tmp, safe_serialization=True)
-        AutoTokenizer.from_pretrained(src).save_pretrained(tmp)
-        write_manifest(tmp, stage=REFERENCE, format="hf", num_labels=2, source=str(src),
-                       note="untrained classification head: for timing only")
-    evaluate = make_evaluator(builtin_task("sst2").load("test").head(cfg.eval_examples), cfg.measure)
-    source = Artifact.load(ref_dir)
-    update_metrics(source, evaluate(source))
-    for r in run_stages(source, stages, out_root, evaluate):
-        if r.status != "ok":
-            raise RuntimeError(f"gate check: stage {r.name} {r.status}: {r.reason}")
-    return dirs
+    ref_dir = cfg.work / REFERENCE
+    if not (ref_dir / MANIFEST).is_file():
+        log(f"building {REFERENCE} + {', '.join(CHAIN)} from {src} under {cfg.work}")
+        with staging_dir(ref_dir) as tmp:
+            torch.manual_seed(0)
+            model = AutoModelForSequenceClassification.from_pretrained(src, num_labels=2, use_safetensors=True)
+            model.save_pretrained(tmp, safe_serialization=True)
+            AutoTokenizer.from_pretrained(src).save_pretrained(tmp)
+            write_manifest(tmp, stage=REFERENCE, format="hf", num_labels=2, source=str(src),
+                           task=builtin_task("sst2").to_dict(), note="untrained classification head: for timing only")
+    spec = parse_spec({"name": "gate-check", "model": str(ref_dir),
+                       "eval": {"max_samples": cfg.eval_examples, "threads": cfg.measure.threads},
+                       "stages": [{"name": "int8", "type": "quantize_int8", "parent": "source"},
+                                  {"name": "onnx", "type": "export_onnx", "parent": "source"},
+                                  {"name": "onnx-int8", "type": "quantize_onnx_int8", "parent": "onnx"}]})
+    results = run_chain(spec, cfg.work / "chain", log=lambda msg: None)
+    for r in results["stages"]:
+        if r["status"] not in ("ok", "cached"):
+            raise RuntimeError(f"gate check: stage {r['name']} {r['status']}: {r['reason']}")
+    return [ref_dir] + [Path(r["artifact"]) for r in results["stages"]]
 
 
 def slowed(pred, factor: float):
     """``pred`` made ``factor`` times slower on every call (busy-wait, so it costs CPU like real work)."""
-    from .backends import Predictor
+    from chain.predict import Predictor
 
     def run(enc):
         t0 = time.perf_counter()
@@ -111,10 +110,11 @@ def slowed(pred, factor: float):
 def measure_run(cfg: GateCheckConfig, dirs: list[Path], slow: bool) -> dict:
     """One run's results.json (same schema as ``python -m bench``), timed in this process."""
     from chain.artifact import Artifact
+    from chain.environment import environment
+    from chain.evaluate import EvalConfig, Evaluator
     from chain.model import load_tokenizer
     from chain.task import builtin_task
 
-    from .environment import environment
     from .harness import load_predictors, measure_predictors
 
     arts = [Artifact.load(d) for d in dirs]
@@ -123,11 +123,13 @@ def measure_run(cfg: GateCheckConfig, dirs: list[Path], slow: bool) -> dict:
         preds[cfg.slow_stage] = slowed(preds[cfg.slow_stage], cfg.slowdown)
     texts = builtin_task("sst2").load("test").texts
     speed = measure_predictors(preds, load_tokenizer(arts[0]), texts, cfg.measure, reference=REFERENCE)
+    ev = Evaluator(EvalConfig(max_samples=cfg.eval_examples, threads=cfg.measure.threads),
+                   {"sst2": builtin_task("sst2")})
     rows = []
     for a in arts:
-        m = a.manifest.get("metrics", {})
-        rows.append({"name": a.name, "status": "ok", "accuracy": m.get("accuracy"),
-                     "test_examples": m.get("test_examples"), "size_mb": m.get("size_mb"), **speed[a.name]})
+        m = ev.accuracy(a, ["sst2"])["sst2"]
+        rows.append({"name": a.name, "status": "ok", "accuracy": m["accuracy"], "examples": m["examples"],
+                     "size_mb": round(a.size_mb(), 2), **speed[a.name]})
     return {"reference": REFERENCE, "task": "sst2", "quick": True, "environment": environment(cfg.measure.threads),
             "measure": asdict(cfg.measure), "stages": rows,
             "gate_check": {"slowed_stage": cfg.slow_stage if slow else None, "slowdown": cfg.slowdown if slow else 1.0}}
@@ -249,25 +251,23 @@ def markdown(summary: dict, command: str) -> str:
     return "\n".join(lines)
 
 
-def main(argv=None) -> int:
-    p = argparse.ArgumentParser(prog="python -m bench.gate_check", description=__doc__.splitlines()[0])
-    p.add_argument("--work", type=Path, default=GateCheckConfig.work)
+def main(argv=None, prog: str = "python -m bench.gate_check") -> int:
+    from chain.cli import add_common, quiet_libraries
+
+    p = argparse.ArgumentParser(prog=prog, description=__doc__.splitlines()[0])
+    add_common(p, output=True, output_default=str(GateCheckConfig.work), output_help="artifacts and runs")
     p.add_argument("--model", help="HF model directory (default: embedded all-MiniLM-L6-v2)")
     p.add_argument("--runs", type=int, default=10)
     p.add_argument("--baseline-runs", type=int, default=3)
     p.add_argument("--no-confirm", action="store_true", help="gate single runs, no re-run of a run that fires")
     p.add_argument("--slowdown", type=float, default=1.2)
-    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--threads", type=int, default=2, metavar="N", help="intra-op threads (default: 2)")
     p.add_argument("--latency-calls", type=int, help="override the --quick measurement's batch-1 calls")
     p.add_argument("--report", type=Path, help="also write the Markdown table here")
     p.add_argument("--worker", nargs=2, metavar=("CONFIG", "OUT"), help=argparse.SUPPRESS)
     p.add_argument("--slow", action="store_true", help=argparse.SUPPRESS)
     a = p.parse_args(argv)
-    import warnings
-
-    warnings.filterwarnings("ignore")
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    quiet_libraries(a.verbose, a.quiet)
     if a.worker:
         d = json.loads(Path(a.worker[0]).read_text())
         cfg = GateCheckConfig(work=Path(d["work"]), model=d["model"], runs=d["runs"], baseline_runs=d["baseline_runs"],
@@ -279,7 +279,7 @@ def main(argv=None) -> int:
     measure = MeasureConfig.quick(a.threads)
     if a.latency_calls:
         measure.latency_calls = a.latency_calls
-    cfg = GateCheckConfig(work=a.work, model=a.model, runs=a.runs, baseline_runs=a.baseline_runs,
+    cfg = GateCheckConfig(work=a.output, model=a.model, runs=a.runs, baseline_runs=a.baseline_runs,
                           confirm=not a.no_confirm, slowdown=a.slowdown, measure=measure)
     summary = run_gate_check(cfg)
     md = markdown(summary, "python -m bench.gate_check " + " ".join(argv if argv is not None else sys.argv[1:]))

@@ -1,7 +1,7 @@
 """Measure every stage of a chain side by side: accuracy, latency, throughput, size.
 
-Accuracy is computed right after each stage finishes (and saved into its manifest, so a
-later crash loses nothing). Timing runs once all stages exist, with every model loaded
+Accuracy comes from the chain executor's evaluation (saved in each manifest right after
+a stage finishes, so a later crash loses nothing). Timing runs once all stages exist, with every model loaded
 in one process and timed interleaved, so stage-to-stage ratios share the same machine
 state. Thread counts are fixed for both backends and ONNX Runtime's spinning is off.
 """
@@ -14,9 +14,10 @@ import numpy as np
 
 from chain.artifact import Artifact
 from chain.model import load_tokenizer
-from chain.task import Split
 
-from .backends import Predictor, accuracy, encode_batches, load_predictor
+from chain.predict import Predictor, encode_batches
+from chain.runtime import load_predictor
+
 from .timing import bootstrap_ci, current_rss_mb, fixed_threads, time_interleaved
 
 
@@ -41,23 +42,6 @@ class MeasureConfig:
         # Enough calls for the gate (docs/gating.md): on a busy 2-core host a stage's speedup
         # varied run to run by 5-9% (sd) with 60 batch-1 calls / 8 batch-32 rounds, 3-6% with 150 / 16.
         return cls(threads=threads, latency_calls=150, throughput_batches=4, throughput_rounds=4, warmup=3)
-
-
-def make_evaluator(test: Split, cfg: MeasureConfig, trust_remote_code: bool = False):
-    """evaluate(artifact) -> {"accuracy": ...} on the whole test split (length-sorted batches)."""
-    cache: dict = {}
-
-    def evaluate(artifact: Artifact) -> dict:
-        if artifact.manifest.get("skip_reason"):  # a peer that cannot run on this machine
-            return {}
-        if "batches" not in cache:
-            tok = load_tokenizer(artifact, trust_remote_code)
-            cache["batches"] = encode_batches(tok, test.texts, 64, cfg.max_length, sort_by_length=True)
-        pred = load_predictor(artifact, cfg.threads, trust_remote_code)
-        return {"accuracy": accuracy(pred, cache["batches"], test.labels), "test_examples": len(test),
-                "size_mb": round(artifact.size_mb(), 2)}
-
-    return evaluate
 
 
 def load_predictors(artifacts: list[Artifact], cfg: MeasureConfig,

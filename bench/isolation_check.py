@@ -78,7 +78,7 @@ def run_isolation_check(cfg: GateCheckConfig, repeats: int = 5, log=print) -> di
             for n in PAIR))
     medians = {n: {m: statistics.median(v) for m, v in ms.items()} for n, ms in ratios.items()}
     passed = all(abs(v - 1) <= TOLERANCE for ms in medians.values() for v in ms.values())
-    from .environment import environment
+    from chain.environment import environment
 
     summary = {"repeats": repeats, "ratios": ratios, "median_ratios": medians, "passed": passed, "runs": runs,
                "measure": asdict(cfg.measure), "environment": environment(cfg.measure.threads),

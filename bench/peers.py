@@ -2,7 +2,7 @@
 
 * ``torch-compile``: the reference model under ``torch.compile`` (inductor). The artifact
   is the reference's weights (hard links) plus ``runtime: torch.compile`` in the manifest;
-  ``bench.backends.load_predictor`` compiles on load, and the timing warm-up absorbs the
+  its runtime (registered here) compiles on load, and the timing warm-up absorbs the
   compile. If compiling fails here (no C++ compiler, unsupported op), the row is
   ``skipped`` with the reason.
 * ``optimum-int8``: Optimum's documented recipe: ``ORTModelForSequenceClassification``
@@ -13,8 +13,10 @@
 * ``optimum-int8-noopt``: the variant Optimum does support: the same quantizer on the
   un-optimized export.
 
-Peer rows carry ``"peer": true``; ``python -m bench compare`` does not gate them unless
-asked, because our changes cannot regress other people's tools.
+Peer stages declare ``peer = True``: their rows carry ``"peer": true``, a failed peer does
+not make the run exit 1, and ``python -m bench compare`` does not gate them unless asked,
+because our changes cannot regress other people's tools. Each peer is a stage type a spec
+names (``type: peer_torch_compile``), so the default chain lists them like its own stages.
 """
 from __future__ import annotations
 
@@ -24,11 +26,15 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from typing import ClassVar
+
 from chain.artifact import Artifact, link_files
 from chain.errors import SpecError
+from chain.predict import Predictor, torch_predictor
+from chain.registry import register_stage
+from chain.runtime import register_runtime
+from chain.stage import RunContext, Stage
 from compress.onnx_quantize import copy_aux
-
-from .chains import REFERENCE
 
 COMPILE_RUNTIME = "torch.compile"
 
@@ -51,13 +57,28 @@ def compile_model(model, cfg: TorchCompileConfig):
     return torch.compile(model, backend=cfg.backend, mode=cfg.mode, dynamic=cfg.dynamic)
 
 
+@register_runtime("hf", COMPILE_RUNTIME)
+def compiled_predictor(artifact: Artifact, threads: int, trust_remote_code: bool = False) -> Predictor:
+    import torch
+
+    from chain.model import load_model
+
+    torch.set_num_threads(threads)
+    model = load_model(artifact, trust_remote_code=trust_remote_code).eval()
+    model = compile_model(model, TorchCompileConfig(**artifact.manifest.get("compile", {})))
+    return torch_predictor(model, artifact.name, backend="pytorch+compile")
+
+
+@register_stage("peer_torch_compile")
 @dataclass
-class TorchCompilePeer:
+class TorchCompilePeer(Stage):
+    """Peer: the parent under torch.compile (inductor), compiled on load."""
+    peer: ClassVar[bool] = True
     config: TorchCompileConfig = field(default_factory=TorchCompileConfig)
     name: str = "torch-compile"
-    parent: str | None = REFERENCE
+    parent: str | None = None
 
-    def run(self, parent: Artifact, out_dir: Path) -> dict:
+    def run(self, parent: Artifact, out_dir: Path, ctx: RunContext) -> dict:
         """Link the parent's files; compile once on a real sentence to learn whether it works here."""
         import torch
 
@@ -66,7 +87,7 @@ class TorchCompilePeer:
         _require_hf(parent, self.name)
         link_files(parent.path, out_dir)  # same bytes, no copy of the weights
         fields = {"format": "hf", "runtime": COMPILE_RUNTIME, "compile": asdict(self.config), "peer": True,
-                  "task": parent.manifest.get("task"), "num_labels": parent.manifest.get("num_labels")}
+                  "num_labels": parent.manifest.get("num_labels")}
         enc = load_tokenizer(parent)(["a probe sentence to compile on"], return_tensors="pt")
         t0 = time.perf_counter()
         try:
@@ -90,13 +111,17 @@ class OptimumInt8Config:
             raise ValueError(f"optimization_level must be None, 1, 2 or 99, got {self.optimization_level}")
 
 
+@register_stage("peer_optimum_int8")
 @dataclass
-class OptimumInt8Peer:
+class OptimumInt8Peer(Stage):
+    """Peer: Optimum's export -> ORTOptimizer -> ORTQuantizer dynamic int8 recipe."""
+    peer: ClassVar[bool] = True
+    output_format: ClassVar[str] = "onnx"
     config: OptimumInt8Config = field(default_factory=OptimumInt8Config)
     name: str = "optimum-int8"
-    parent: str | None = REFERENCE
+    parent: str | None = None
 
-    def run(self, parent: Artifact, out_dir: Path) -> dict:
+    def run(self, parent: Artifact, out_dir: Path, ctx: RunContext) -> dict:
         from optimum.onnxruntime import ORTModelForSequenceClassification, ORTOptimizer, ORTQuantizer
         from optimum.onnxruntime.configuration import AutoQuantizationConfig, OptimizationConfig
 
@@ -118,10 +143,4 @@ class OptimumInt8Peer:
         recipe = (f"ORTModelForSequenceClassification(export=True) -> "
                   + (f"ORTOptimizer(O{self.config.optimization_level}) -> " if self.config.optimization_level else "")
                   + "ORTQuantizer(AutoQuantizationConfig.avx2(is_static=False))")
-        return {"format": "onnx", "peer": True, "recipe": recipe, "task": parent.manifest.get("task")}
-
-
-def peer_stages() -> list:
-    """Peer rows appended after the chain's stages (each takes the reference as parent)."""
-    return [TorchCompilePeer(), OptimumInt8Peer(),
-            OptimumInt8Peer(OptimumInt8Config(optimization_level=None), name="optimum-int8-noopt")]
+        return {"format": "onnx", "peer": True, "recipe": recipe}

@@ -39,7 +39,7 @@ def _subtitle(results: dict) -> str:
 
 
 def plot_accuracy_latency(results: dict, path: Path) -> bool:
-    rows = [s for s in results["stages"] if s["status"] == "ok" and s.get("accuracy") is not None
+    rows = [s for s in results["stages"] if s["status"] in ("ok", "cached") and s.get("accuracy") is not None
             and (s.get("latency_ms") or {}).get("p50")]
     if not rows:
         return False
@@ -72,7 +72,7 @@ def plot_accuracy_latency(results: dict, path: Path) -> bool:
 
 
 def plot_latency_distribution(results: dict, path: Path) -> bool:
-    rows = [s for s in results["stages"] if s["status"] == "ok" and (s.get("samples_ms") or {}).get("latency")]
+    rows = [s for s in results["stages"] if s["status"] in ("ok", "cached") and (s.get("samples_ms") or {}).get("latency")]
     if not rows:
         return False
     fig = _figure(7.5, 1.2 + 0.55 * len(rows))

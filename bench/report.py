@@ -1,8 +1,9 @@
 """Results table (terminal + Markdown), results.json, and report.md with its PNG plots."""
 from __future__ import annotations
 
-import json
 from pathlib import Path
+
+from chain.jsonio import write_json_atomic, write_text_atomic
 
 COLUMNS = ("stage", "backend", "status", "accuracy", "Δacc (pts)", "p50 ms", "p90 ms", "p99 ms",
            "b32 samples/s", "size MB", "speedup b32", "speedup p50")
@@ -16,7 +17,7 @@ def rows(results: dict) -> list[list[str]]:
     out = []
     for s in results["stages"]:
         lat, thr, sp = s.get("latency_ms") or {}, s.get("throughput") or {}, s.get("speedup") or {}
-        status = s["status"] if s["status"] == "ok" else f"{s['status']}: {s.get('reason', '')[:60]}"
+        status = s["status"] if s["status"] in ("ok", "cached") else f"{s['status']}: {(s.get('reason') or '')[:60]}"
         out.append([s["name"] + (" (peer)" if s.get("peer") else ""), s.get("backend") or "—", status, _fmt(s.get("accuracy"), ".4f"),
                     _fmt(s.get("accuracy_delta_points"), "+.2f"), _fmt(lat.get("p50"), ".2f"),
                     _fmt(lat.get("p90"), ".2f"), _fmt(lat.get("p99"), ".2f"),
@@ -46,9 +47,7 @@ def text_table(results: dict) -> str:
 def write_reports(results: dict, out_dir: Path, plots: bool = True) -> None:
     """results.json, report.md and (``plots``) the PNGs it links, all in ``out_dir``."""
     out_dir.mkdir(parents=True, exist_ok=True)
-    tmp = out_dir / "results.json.part"
-    tmp.write_text(json.dumps(results, indent=2, default=str))
-    tmp.replace(out_dir / "results.json")
+    write_json_atomic(out_dir / "results.json", results)
     env = results["environment"]
     md = [f"# chainpress bench: {results['task']}", "",
           f"Reference: `{results['reference']}` (speedups and Δacc are vs this stage). "
@@ -63,7 +62,7 @@ def write_reports(results: dict, out_dir: Path, plots: bool = True) -> None:
           "", markdown_table(results), ""]
     notes = [f"- `{s['name']}` {s['status']}: {s['reason']}" for s in results["stages"] if s.get("reason")]
     notes += [f"- `{s['name']}` saves no time over `{results['reference']}` on {s.get('backend')} here "
-              f"(95% intervals of its speedups: {s['speedup_ci95']})" + (f"; {s['why']}" if s.get("why") else "")
+              f"(95% intervals of its speedups: {s['speedup_ci95']})" + (f"; {s['extra']['why']}" if (s.get("extra") or {}).get("why") else "")
               for s in results["stages"] if s.get("speedup_is_real") is False]
     if notes:
         md += ["Not measured, or no faster:", ""] + notes + [""]
@@ -72,7 +71,7 @@ def write_reports(results: dict, out_dir: Path, plots: bool = True) -> None:
 
         for name in write_plots(results, out_dir):
             md += [f"![{name[:-4].replace('_', ' ')}]({name})", ""]
-    (out_dir / "report.md").write_text("\n".join(md))
+    write_text_atomic(out_dir / "report.md", "\n".join(md))
 
 
 def emit_markdown(md: str, path: Path | None) -> None:

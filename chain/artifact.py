@@ -8,10 +8,16 @@ parent artifact, the stage's full config, metrics, wall time and library version
 Writes are atomic: a stage fills a hidden temporary directory next to the destination,
 the manifest is written last, everything is fsync'ed, and one ``rename`` publishes it.
 A crash or Ctrl-C leaves at most a ``.tmp-*`` directory, which nothing ever trusts.
+
+What is on disk is trusted only after checking it: the manifest records the size and
+sha256 of every file of the artifact and a ``seal`` (a hash of the manifest itself), and
+``verify`` names the first file that is missing, truncated or changed, or a manifest
+edited by hand, so a cache never reuses a damaged artifact.
 """
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import os
 import platform
@@ -24,6 +30,7 @@ from typing import Iterator
 
 from .errors import ModelError
 from .faults import pause_point
+from .jsonio import write_json_atomic
 
 MANIFEST = "manifest.json"
 FORMATS = ("hf", "onnx", "torch-int8")
@@ -95,12 +102,17 @@ class Artifact:
             raise ModelError(f"model path {p} is not a directory; give a Hugging Face model directory "
                              "or a chainpress artifact")
         if (p / MANIFEST).is_file():
-            manifest = json.loads((p / MANIFEST).read_text())
+            manifest = read_manifest(p)
+            if manifest is None:
+                raise ModelError(f"{p / MANIFEST} is not a readable chainpress manifest (truncated or not JSON); "
+                                 "delete the directory and re-run the stage")
             if not manifest.get("complete"):
                 raise ModelError(f"{p} is an unfinished artifact; delete it and re-run the stage")
             return cls(p, manifest)
         if not (p / "config.json").is_file():
             raise ModelError(f"{p} has no config.json; give a Hugging Face model directory")
+        if not any(p.glob("*.safetensors")) and (p / "model.onnx").is_file():  # as optimum-cli exports it
+            return cls(p, {"stage": "source", "format": "onnx", "parent": None, "complete": True})
         return cls(p, {"stage": "source", "format": "hf", "parent": None, "complete": True})
 
 
@@ -162,12 +174,67 @@ def link_files(src: Path, dst: Path) -> None:
                 shutil.copy2(f, Path(dst) / f.name)
 
 
+def file_digests(directory: Path) -> dict[str, dict]:
+    """{relative path: {"bytes", "sha256"}} of every file but the manifest."""
+    out = {}
+    for p in sorted(q for q in Path(directory).rglob("*") if q.is_file()):
+        rel = str(p.relative_to(directory))
+        if rel in (MANIFEST, MANIFEST + ".part"):
+            continue
+        h = hashlib.sha256()
+        with open(p, "rb") as f:
+            for block in iter(lambda: f.read(1 << 20), b""):
+                h.update(block)
+        out[rel] = {"bytes": p.stat().st_size, "sha256": h.hexdigest()}
+    return out
+
+
+def _seal(manifest: dict) -> str:
+    body = {k: v for k, v in manifest.items() if k != "seal"}
+    return hashlib.sha256(json.dumps(body, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def read_manifest(directory: Path) -> dict | None:
+    from .jsonio import read_json
+
+    m = read_json(Path(directory) / MANIFEST)
+    return m if isinstance(m, dict) else None
+
+
+def save_manifest(directory: Path, manifest: dict) -> None:
+    """Write ``manifest`` (re-sealed) atomically; the one way chainpress changes a manifest."""
+    manifest["seal"] = _seal(manifest)
+    write_json_atomic(Path(directory) / MANIFEST, manifest, sort_keys=True)
+
+
 def write_manifest(directory: Path, **fields) -> dict:
     manifest = {"complete": True, "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
                 "versions": library_versions(), **fields}
     if manifest.get("format", "hf") not in FORMATS:
         raise ValueError(f"unknown artifact format {manifest['format']!r}")
-    tmp = directory / (MANIFEST + ".part")
-    tmp.write_text(json.dumps(manifest, indent=2, sort_keys=True, default=str))
-    os.replace(tmp, directory / MANIFEST)
+    manifest["files"] = file_digests(directory)
+    save_manifest(directory, manifest)
     return manifest
+
+
+def verify(directory: Path) -> str | None:
+    """Why the artifact in ``directory`` cannot be trusted (None: every file is as recorded)."""
+    directory = Path(directory)
+    m = read_manifest(directory)
+    if m is None:
+        return f"{directory / MANIFEST} is truncated or not JSON"
+    if "seal" not in m or "files" not in m:
+        return f"{directory / MANIFEST} records no checksums (written by an older chainpress)"
+    if m["seal"] != _seal(m):
+        return f"{directory / MANIFEST} was edited after chainpress wrote it"
+    for rel, rec in m["files"].items():
+        p = directory / rel
+        if not p.is_file():
+            return f"{p} is missing"
+        if p.stat().st_size != rec["bytes"]:
+            return f"{p} has {p.stat().st_size} bytes, {rec['bytes']} were written"
+    digests = file_digests(directory)
+    for rel, rec in m["files"].items():
+        if digests[rel]["sha256"] != rec["sha256"]:
+            return f"{directory / rel} changed after it was written (checksum mismatch)"
+    return None

@@ -24,21 +24,21 @@ from pathlib import Path
 
 from .artifact import Artifact, publish, write_manifest
 from .errors import ChainpressError, SpecError, TrainingError
-from .stage import config_dict
+from .stage import RunContext, config_dict
 
 RESULT = "_ddp_result.json"
 JOB = "_ddp_job.json"
 
 
-def launch_finetune(stage, parent: Artifact, out_dir: Path) -> dict:
+def launch_finetune(stage, parent: Artifact, out_dir: Path, ctx: RunContext) -> dict:
     """Run ``stage`` (a FineTune with ``processes > 1``) under torchrun, writing into ``out_dir``."""
-    cfg = config_dict(stage)
+    cfg = config_dict(stage.config)
     job = out_dir / JOB
     job.write_text(json.dumps(cfg, default=str))
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone",
            f"--nproc_per_node={stage.config.processes}", "-m", "chain", "finetune",
            "--parent", str(parent.path), "--config", str(job), "--into", str(out_dir)]
-    if stage.trust_remote_code:
+    if ctx.trust_remote_code:
         cmd.append("--trust-remote-code")
     proc = subprocess.run(cmd, capture_output=True, text=True)
     job.unlink(missing_ok=True)
@@ -78,11 +78,12 @@ def finetune_cli(parent: Path, config: Path, out: Path | None = None, into: Path
                  trust_remote_code: bool = False) -> None:
     from .finetune import FineTune
 
-    stage = FineTune(_load_config(config), trust_remote_code=trust_remote_code)
+    stage = FineTune(_load_config(config))
+    ctx = RunContext(trust_remote_code=trust_remote_code)
     parent_art = Artifact.load(parent)
     if into is not None:  # a rank of chain.distributed.launch_finetune
         try:
-            fields = stage.train(parent_art, into)
+            fields = stage.train(parent_art, into, ctx)
         except ChainpressError as e:
             if _rank() == 0:
                 (into / RESULT).write_text(json.dumps({"error": str(e), "kind": type(e).__name__}))
@@ -95,8 +96,8 @@ def finetune_cli(parent: Path, config: Path, out: Path | None = None, into: Path
     out = Path(out)
     tmp = out.parent / f".tmp-{out.name}-finetune"
     tmp.mkdir(parents=True, exist_ok=True)
-    fields = stage.run(parent_art, tmp)
+    fields = stage.run(parent_art, tmp, ctx)
     if _rank() == 0:
         write_manifest(tmp, stage="finetune", stage_type="finetune", parent=str(parent_art.path),
-                       config=config_dict(stage), **fields)
+                       config=config_dict(stage.config), **fields)
         publish(tmp, out)

@@ -24,3 +24,12 @@ class TrainingError(ChainpressError):
 
 class ExportValidationError(ChainpressError):
     """An exported model does not reproduce the source model within tolerance."""
+
+
+class SpecErrors(SpecError):
+    """Several problems in one spec, reported together (``chain validate`` lists them all)."""
+
+    def __init__(self, errors: list[str]):
+        self.errors = list(errors)
+        super().__init__(self.errors[0] if len(self.errors) == 1 else
+                         f"{len(self.errors)} problems:\n" + "\n".join(f"  - {e}" for e in self.errors))

@@ -14,11 +14,10 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import random
 from dataclasses import asdict, dataclass
 
-from .artifact import MANIFEST, Artifact
+from .artifact import MANIFEST, Artifact, save_manifest
 from .errors import SpecError
 from .heads import load_head, set_head_
 from .task import Task
@@ -52,12 +51,8 @@ def write_manifest_fields(artifact: Artifact, **fields) -> None:
     """Merge fields into a published artifact's manifest (atomic replace); a plain source
     model directory (no manifest file) is never written to."""
     artifact.manifest.update(fields)
-    path = artifact.path / MANIFEST
-    if not path.is_file():
-        return
-    tmp = artifact.path / (MANIFEST + ".part")
-    tmp.write_text(json.dumps(artifact.manifest, indent=2, sort_keys=True, default=str))
-    os.replace(tmp, path)
+    if (artifact.path / MANIFEST).is_file():
+        save_manifest(artifact.path, artifact.manifest)
 
 
 class Evaluator:
@@ -85,9 +80,8 @@ class Evaluator:
         return {t: out[t] for t in tasks}
 
     def _batches_for(self, artifact: Artifact, task: str):
-        from bench.backends import encode_batches
-
         from .model import load_tokenizer
+        from .predict import encode_batches
 
         if task not in self._batches:
             tok = load_tokenizer(artifact, self.trust_remote_code)
@@ -99,9 +93,8 @@ class Evaluator:
         own = (artifact.manifest.get("task") or {}).get("name")
         if artifact.format == "onnx":
             return self._measure_onnx(artifact, tasks, own)
-        from bench.backends import accuracy, torch_predictor
-
         from .model import load_model
+        from .predict import accuracy, torch_predictor
 
         model = load_model(artifact, trust_remote_code=self.trust_remote_code)
         out = {}
@@ -124,7 +117,8 @@ class Evaluator:
         return out
 
     def _measure_onnx(self, artifact: Artifact, tasks: list[str], own: str | None) -> dict[str, dict]:
-        from bench.backends import accuracy, load_predictor
+        from .predict import accuracy
+        from .runtime import load_predictor
 
         out = {}
         for t in tasks:
@@ -143,10 +137,11 @@ class Evaluator:
         cached = artifact.manifest.get("latency") or {}
         if cached.get("eval_key") == key:
             return cached
-        from bench.backends import encode_batches, load_predictor
-        from bench.timing import time_interleaved
-
         from .model import load_tokenizer
+        from .predict import encode_batches
+        from .runtime import load_predictor, timer
+
+        time_interleaved = timer()
 
         texts = self.split(task).texts
         texts = random.Random(0).sample(texts, min(len(texts), self.cfg.latency_samples))

@@ -23,11 +23,14 @@ import re
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import ClassVar
 
 from .artifact import Artifact
 from .errors import SpecError, TrainingError
 from .heads import copy_heads, load_head, reinit_head_, save_head, set_head_
 from .model import load_model, load_tokenizer
+from .registry import register_stage
+from .stage import RunContext, Stage
 from .task import Split, Task, builtin_task, normalize_text
 
 HEAD_POLICIES = ("auto", "new", "keep")
@@ -112,8 +115,14 @@ class FineTuneConfig:
     def __post_init__(self) -> None:
         for name in ("epochs", "learning_rate", "batch_size", "max_length", "processes"):
             v = getattr(self, name)
-            if not isinstance(v, (int, float)) or isinstance(v, bool) or v <= 0:
-                raise SpecError(f"finetune.{name} must be a positive number, got {v!r}")
+            if not isinstance(v, (int, float)) or isinstance(v, bool) or not math.isfinite(v) or v <= 0:
+                raise SpecError(f"finetune.{name} must be a positive finite number, got {v!r}")
+        for name in ("weight_decay", "warmup_ratio"):
+            v = getattr(self, name, 0.0)
+            if not isinstance(v, (int, float)) or not math.isfinite(v) or v < 0:
+                raise SpecError(f"finetune.{name} must be a finite number >= 0, got {v!r}")
+        if self.extra_args:
+            _check_extra_args(self.extra_args)
         for name in ("batch_size", "max_length", "processes", "seed"):
             if not isinstance(getattr(self, name), int):
                 raise SpecError(f"finetune.{name} must be an integer, got {getattr(self, name)!r}")
@@ -136,6 +145,19 @@ class FineTuneConfig:
 
     def get_task(self) -> Task:
         return builtin_task(self.task) if isinstance(self.task, str) else Task.from_dict(self.task)
+
+
+def _check_extra_args(extra: dict) -> None:
+    """Unknown ``extra_args`` keys fail at validation, not when Trainer starts."""
+    import dataclasses
+
+    from transformers import TrainingArguments
+
+    known = {f.name for f in dataclasses.fields(TrainingArguments)}
+    unknown = sorted(set(extra) - known)
+    if unknown:
+        raise SpecError(f"finetune.extra_args: unknown TrainingArguments field(s) {unknown}; see "
+                        "transformers.TrainingArguments for the names")
 
 
 def excluded_texts(cfg: FineTuneConfig) -> set[str]:
@@ -314,29 +336,37 @@ def apply_lora(model, lora: LoraSettings):
         raise SpecError(f"finetune.lora: {e}") from None
 
 
+@register_stage("finetune")
 @dataclass
-class FineTune:
+class FineTune(Stage):
+    """Fine-tune the parent on a task with transformers.Trainer (LoRA, distillation, DDP optional)."""
+    trains_on_task: ClassVar[bool] = True
+    refs: ClassVar[tuple[str, ...]] = ("distill.teacher",)
+    retry_field: ClassVar[str | None] = "learning_rate"
+    not_in_key: ClassVar[tuple[str, ...]] = ("show_progress",)
+
     config: FineTuneConfig = field(default_factory=FineTuneConfig)
     name: str = "finetune"
     parent: str | None = None
-    trust_remote_code: bool = False
 
-    def run(self, parent: Artifact, out_dir: Path) -> dict:
+    def run(self, parent: Artifact, out_dir: Path, ctx: RunContext | None = None) -> dict:
+        ctx = ctx or RunContext()
         if self.config.processes > 1 and not _distributed():
             from .distributed import launch_finetune
 
-            return launch_finetune(self, parent, out_dir)
-        return self.train(parent, out_dir)
+            return launch_finetune(self, parent, out_dir, ctx)
+        return self.train(parent, out_dir, ctx)
 
-    def train(self, parent: Artifact, out_dir: Path) -> dict:
+    def train(self, parent: Artifact, out_dir: Path, ctx: RunContext | None = None) -> dict:
         """Train in this process (one rank of a DDP run under torchrun); rank 0 writes."""
         from transformers import DataCollatorWithPadding, TrainingArguments, set_seed
 
+        ctx = ctx or RunContext()
         cfg = self.config
         task = cfg.get_task()
         set_seed(cfg.seed)
-        tok = load_tokenizer(parent, self.trust_remote_code)
-        model = load_model(parent, num_labels=task.num_labels, trust_remote_code=self.trust_remote_code)
+        tok = load_tokenizer(parent, ctx.trust_remote_code)
+        model = load_model(parent, num_labels=task.num_labels, trust_remote_code=ctx.trust_remote_code)
         head = prepare_head_(model, parent, task, cfg.head)
         model.train()
         frozen = freeze_(model, cfg.freeze)
@@ -354,17 +384,18 @@ class FineTune:
             data_seed=cfg.seed, eval_strategy="epoch", save_strategy="epoch", save_total_limit=2,
             load_best_model_at_end=True, metric_for_best_model="accuracy", greater_is_better=True,
             save_safetensors=True, group_by_length=True, logging_steps=10, report_to=[],
-            disable_tqdm=not cfg.show_progress, dataloader_num_workers=0, use_cpu=not _cuda())
+            disable_tqdm=True, dataloader_num_workers=0, use_cpu=not _cuda())
         if _distributed():  # frozen parameters are simply outside DDP's buckets
             kw.update(ddp_find_unused_parameters=False, **({} if _cuda() else {"ddp_backend": "gloo"}))
         args = TrainingArguments(**{**kw, **cfg.extra_args})  # extra_args override the defaults
         trainer_cls = _guarded_trainer_cls()
         if cfg.distill is not None:
-            trainer_cls = _distill_trainer_cls(trainer_cls, load_teacher(cfg.distill, task, self.trust_remote_code),
+            trainer_cls = _distill_trainer_cls(trainer_cls, load_teacher(cfg.distill, task, ctx.trust_remote_code),
                                                cfg.distill)
         trainer = trainer_cls(model=model, args=args, train_dataset=_Encoded(tok, train, cfg.max_length),
                               eval_dataset=_Encoded(tok, dev, cfg.max_length),
                               data_collator=DataCollatorWithPadding(tok), compute_metrics=_accuracy)
+        _progress_callbacks(trainer, bar=cfg.show_progress and not ctx.quiet, raw_logs=ctx.verbose)
         out = trainer.train()
         if not math.isfinite(out.training_loss):
             raise TrainingError(f"training loss is {out.training_loss}; lower the learning rate")
@@ -386,6 +417,23 @@ class FineTune:
                           "frozen_params": frozen, "trainable_params": trainable, "head": head,
                           "processes": int(args.world_size), "shuffled_labels": cfg.shuffle_labels,
                           "distilled_from": cfg.distill.teacher if cfg.distill else None}}
+
+
+def _progress_callbacks(trainer, bar: bool, raw_logs: bool) -> None:
+    """A progress bar (``bar``) and Trainer's raw log dicts only with ``-v`` (``raw_logs``)."""
+    from transformers.trainer_callback import PrinterCallback, ProgressCallback
+
+    class Bar(ProgressCallback):
+        def on_log(self, args, state, control, logs=None, **kwargs):
+            if raw_logs:
+                super().on_log(args, state, control, logs=logs, **kwargs)
+
+    trainer.remove_callback(PrinterCallback)
+    trainer.remove_callback(ProgressCallback)
+    if bar:
+        trainer.add_callback(Bar)
+    elif raw_logs:
+        trainer.add_callback(PrinterCallback)
 
 
 def _distributed() -> bool:

@@ -16,11 +16,31 @@ from .errors import ModelError
 SUPPORTED_NOTE = "chainpress supports encoder models with a sequence-classification head (BERT family)"
 
 
-def _check_source(path: Path, trust_remote_code: bool) -> dict:
-    cfg_path = path / "config.json"
+TOKENIZER_FILES = ("tokenizer.json", "vocab.txt", "vocab.json", "spiece.model", "sentencepiece.bpe.model",
+                   "tokenizer.model")
+
+
+def read_config(path: Path) -> dict:
+    """``path/config.json`` as a dict; ``ModelError`` naming the file if it is missing or not JSON."""
+    cfg_path = Path(path) / "config.json"
     if not cfg_path.is_file():
         raise ModelError(f"{path} has no config.json; give a Hugging Face model directory")
-    cfg = json.loads(cfg_path.read_text())
+    try:
+        cfg = json.loads(cfg_path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, ValueError) as e:
+        raise ModelError(f"{cfg_path} is not valid JSON ({type(e).__name__}: {e}); restore the model's "
+                         "config.json") from None
+    if not isinstance(cfg, dict):
+        raise ModelError(f"{cfg_path} is not a JSON object; restore the model's config.json")
+    return cfg
+
+
+def check_source(path: Path, trust_remote_code: bool) -> dict:
+    """The model directory's config, after checking it can be loaded safely and has a tokenizer."""
+    cfg = read_config(path)
+    if not any((Path(path) / f).is_file() for f in TOKENIZER_FILES):
+        raise ModelError(f"{path} has no tokenizer files ({', '.join(TOKENIZER_FILES[:3])}, ...); save the "
+                         "tokenizer next to the model (tokenizer.save_pretrained(DIR))")
     if cfg.get("auto_map") and not trust_remote_code:
         raise ModelError(f"{path} needs custom code from the model repo; review it, then pass "
                          "--trust-remote-code (trust_remote_code=True) to run it")
@@ -35,7 +55,7 @@ def load_tokenizer(artifact: Artifact, trust_remote_code: bool = False):
 
     try:
         return AutoTokenizer.from_pretrained(artifact.path, trust_remote_code=trust_remote_code)
-    except (OSError, ValueError) as e:
+    except (OSError, ValueError, TypeError) as e:
         raise ModelError(f"cannot load a tokenizer from {artifact.path}: {e}") from None
 
 
@@ -45,15 +65,16 @@ def load_model(artifact: Artifact, num_labels: int | None = None, trust_remote_c
     ``num_labels`` different from the checkpoint's replaces the classification head with
     a freshly initialised one (the encoder is carried over).
     """
-    if artifact.format == "torch-int8":
-        from compress.torch_int8 import load_int8
-
-        return load_int8(artifact)
     if artifact.format != "hf":
-        raise ModelError(f"{artifact.path} holds a {artifact.format} model, not a PyTorch one")
+        from .runtime import model_loader
+
+        loader = model_loader(artifact.format)
+        if loader is None:
+            raise ModelError(f"{artifact.path} holds a {artifact.format} model, not a PyTorch one")
+        return loader(artifact, trust_remote_code)
     from transformers import AutoModelForSequenceClassification
 
-    cfg = _check_source(artifact.path, trust_remote_code)
+    cfg = check_source(artifact.path, trust_remote_code)
     kw = {}
     if num_labels is not None:
         kw["num_labels"] = num_labels

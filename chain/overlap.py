@@ -33,7 +33,7 @@ def train_eval_overlap(spec: ChainSpec) -> list[dict]:
              for name in dict.fromkeys(s.task for s in spec.stages if s.task)}
     rows = []
     for st in spec.stages:
-        if st.type != "finetune" or st.task is None:
+        if not st.stage_cls.trains_on_task or st.task is None:
             continue
         seen = train_texts(st.config)
         for name, texts in evals.items():

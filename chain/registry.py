@@ -1,72 +1,78 @@
-"""Stage types a chain spec can name (``type: finetune``), mapped to stage classes.
+"""Stage types and their plugins.
 
-A stage class is a dataclass with ``config`` (a typed config dataclass), ``name`` and
-``parent`` fields and a ``run(parent, out_dir)`` method (``chain.stage.Stage``). The
-registry is open:
+A stage type is registered beside its class with ``@register_stage("prune")``. chain
+itself knows only its own types (``finetune``); compress, kernels and bench register
+theirs when their plugin module is imported. Plugins are found through the
+``chainpress.plugins`` entry points of the installed distributions (chainpress' own
+pyproject lists ``compress.stages``, ``kernels.stage`` and ``bench.plugin``), so chain
+never names, or imports, the layers above it. A plugin that fails to import is an
+error that names it, never an "unknown stage type".
 
-* built-in types are listed below as ``"module:Class"`` strings and imported on first
-  use, so importing ``chain`` never imports ``compress`` (or torch);
-* ``compress/`` adds its own types without touching ``chain/``: a module-level dict
-  ``STAGE_TYPES = {"prune": "compress.stages:Prune"}`` (or the class itself) in
-  ``compress/stages.py`` is read the first time an unknown type is looked up;
-* user code calls ``register_stage("my_stage", MyStage)`` before running a spec.
-
->>> register_stage("distill", Distill)
->>> stage_class("distill")
+>>> @register_stage("my_stage")
+... @dataclass
+... class MyStage(Stage): ...
 """
 from __future__ import annotations
 
 import importlib
+import importlib.metadata as md
 import typing
 
-from .errors import SpecError
+from .errors import ChainpressError, SpecError
 
-BUILTIN: dict[str, str] = {
-    "finetune": "chain.finetune:FineTune",
-    "quantize_int8": "compress.stages:QuantizeInt8",
-    "export_onnx": "compress.stages:ExportOnnx",
-    "quantize_onnx_int8": "compress.stages:QuantizeOnnxInt8",
-    "kernels": "kernels.stage:FusedKernels",
-}
-# Modules whose ``STAGE_TYPES`` dict is merged in on the first unknown lookup.
-PROVIDERS = ("compress.stages",)
+GROUP = "chainpress.plugins"
+CORE = ("chain.finetune",)  # chain's own stage modules
 
-_registered: dict[str, type | str] = {}
+_types: dict[str, type] = {}
+_loaded = False
 
 
-def register_stage(type_name: str, stage_cls: type | str) -> None:
-    """Make ``type: <type_name>`` available to specs (a class or a ``"module:Class"`` string)."""
+class PluginError(ChainpressError):
+    """A chainpress plugin module could not be imported."""
+
+
+def register_stage(type_name: str, stage_cls: type | None = None):
+    """Make ``type: <type_name>`` available to specs; use as a class decorator or a call."""
     if not type_name or not type_name.replace("_", "").replace("-", "").isalnum():
         raise SpecError(f"stage type name {type_name!r} must be letters, digits, '_' or '-'")
-    _registered[type_name] = stage_cls
+
+    def add(cls: type) -> type:
+        cls.type_name = type_name
+        _types[type_name] = cls
+        return cls
+
+    return add(stage_cls) if stage_cls is not None else add
 
 
-def _provided() -> dict[str, type | str]:
-    out: dict[str, type | str] = {}
-    for mod_name in PROVIDERS:
+def load_plugins() -> None:
+    """Import chain's own stage modules and every ``chainpress.plugins`` entry point, once."""
+    global _loaded
+    if _loaded:
+        return
+    _loaded = True
+    for mod in CORE:
+        importlib.import_module(mod)
+    for ep in sorted(md.entry_points(group=GROUP), key=lambda e: e.name):
         try:
-            mod = importlib.import_module(mod_name)
-        except ImportError:
-            continue
-        out.update(getattr(mod, "STAGE_TYPES", {}) or {})
-    return out
+            ep.load()
+        except Exception as e:
+            _loaded = False
+            raise PluginError(f"chainpress plugin {ep.name!r} ({ep.value}) failed to import: "
+                              f"{type(e).__name__}: {e}; reinstall chainpress (pip install -e .)") from e
 
 
 def known_types() -> list[str]:
-    return sorted({*BUILTIN, *_registered, *_provided()})
+    load_plugins()
+    return sorted(_types)
 
 
 def stage_class(type_name: str) -> type:
     """The stage class for ``type_name``; ``SpecError`` naming the known ones if unknown."""
-    entry = _registered.get(type_name) or BUILTIN.get(type_name)
-    if entry is None:
-        entry = _provided().get(type_name)
-    if entry is None:
-        raise SpecError(f"unknown stage type {type_name!r}; known types: {', '.join(known_types())}")
-    if isinstance(entry, str):
-        mod_name, _, attr = entry.partition(":")
-        entry = getattr(importlib.import_module(mod_name), attr)
-    return entry
+    load_plugins()
+    cls = _types.get(type_name)
+    if cls is None:
+        raise SpecError(f"unknown stage type {type_name!r}; known types: {', '.join(sorted(_types))}")
+    return cls
 
 
 def config_class(stage_cls: type) -> type | None:

@@ -7,37 +7,17 @@ the artifact cannot carry that task's head (ONNX).
 """
 from __future__ import annotations
 
-import json
-import os
-import platform
-import time
 from pathlib import Path
 
-from .artifact import library_versions
-
-
-def environment() -> dict:
-    cpu = platform.processor()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    import torch
-
-    return {"cpu": cpu, "cores": os.cpu_count(), "torch_threads": torch.get_num_threads(),
-            "platform": platform.platform(), "date": time.strftime("%Y-%m-%d"),
-            "versions": {k: v for k, v in library_versions().items()
-                         if k in ("python", "torch", "transformers", "peft", "onnxruntime", "chainpress")}}
+from .environment import environment
+from .jsonio import write_json_atomic, write_text_atomic
 
 
 def forgetting_matrix(results: dict) -> dict:
     cols = results["tasks"]
-    rows = [s for s in results["stages"] if s.get("accuracy") is not None]
+    rows = [s for s in results["stages"] if s.get("accuracy_by_task")]
     return {"rows": [s["name"] for s in rows], "cols": cols, "status": [s["status"] for s in rows],
-            "values": [[s["accuracy"].get(t) for t in cols] for s in rows]}
+            "values": [[s["accuracy_by_task"].get(t) for t in cols] for s in rows]}
 
 
 def forgetting_summary(results: dict) -> list[dict]:
@@ -45,9 +25,9 @@ def forgetting_summary(results: dict) -> list[dict]:
     final = (results.get("final") or {}).get("accuracy") or {}
     out = []
     for t in results["tasks"]:
-        trained = next((s for s in reversed(results["stages"]) if s.get("task") == t and s["type"] == "finetune"
+        trained = next((s for s in reversed(results["stages"]) if s.get("task") == t and s.get("train")
                         and s["status"] in ("ok", "cached")), None)  # the last time it was trained
-        after = trained["accuracy"].get(t) if trained else None
+        after = trained["accuracy_by_task"].get(t) if trained else None
         fin = final.get(t)
         out.append({"task": t, "trained_at": trained["name"] if trained else None, "after_training": after,
                     "final": fin, "change_points": None if after is None or fin is None else round(100 * (fin - after), 2)})
@@ -62,7 +42,8 @@ def markdown(results: dict) -> str:
     env = results.get("environment", {})
     md = [f"# chainpress chain: {results['name']}", "",
           f"Spec `{results.get('spec')}`; model `{results['model']}`; output `{results['output']}`.  ",
-          f"Machine: {env.get('cpu')} ({env.get('cores')} cores, torch {env.get('torch_threads')} threads); "
+          f"Machine: {env.get('cpu')} ({env.get('cores')} cores, {env.get('threads')} threads; "
+          f"{', '.join(env.get('cpu_flags') or []) or 'no AVX-512/AMX'}); "
           f"torch {env.get('versions', {}).get('torch')}, transformers {env.get('versions', {}).get('transformers')}; "
           f"date {env.get('date')}; wall time {results.get('wall_time_s', '—')} s (this invocation; cached stages "
           "cost nothing).", "",
@@ -119,7 +100,5 @@ def write_results(results: dict, out_dir: Path) -> None:
     results["forgetting_matrix"] = forgetting_matrix(results)
     results["forgetting"] = forgetting_summary(results)
     out_dir.mkdir(parents=True, exist_ok=True)
-    for name, text in (("results.json", json.dumps(results, indent=2, default=str)), ("report.md", markdown(results))):
-        tmp = out_dir / (name + ".part")
-        tmp.write_text(text)
-        os.replace(tmp, out_dir / name)
+    write_json_atomic(out_dir / "results.json", results)
+    write_text_atomic(out_dir / "report.md", markdown(results))

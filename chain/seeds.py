@@ -79,27 +79,23 @@ def run_seeds(spec: ChainSpec, stage: str, seeds: list[int], out: Path | None = 
     return summary
 
 
-def main(argv=None) -> int:
-    p = argparse.ArgumentParser(prog="python -m chain.seeds", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+def main(argv=None, prog: str = "python -m chain.seeds") -> int:
+    from .cli import add_common, guarded, quiet_libraries
+
+    p = argparse.ArgumentParser(prog=prog, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("spec", type=Path)
     p.add_argument("--stage", required=True, help="first stage to reseed (earlier ones are shared)")
     p.add_argument("--seeds", type=int, nargs="+", required=True)
-    p.add_argument("--output", type=Path, help="output directory (default: the spec's)")
+    add_common(p, output=True, output_help="output directory (default: the spec's)")
     a = p.parse_args(argv)
-    from .__main__ import _quiet_libraries
+    quiet_libraries(a.verbose, a.quiet)
 
-    _quiet_libraries(False)
-    try:
-        summary = run_seeds(load_spec(a.spec), a.stage, a.seeds, a.output)
-    except ChainpressError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("interrupted: finished stages are kept; run the same command again to resume", file=sys.stderr)
-        return 130
-    print(markdown(summary, summary["task"]))
-    return 0
+    def body() -> int:
+        summary = run_seeds(load_spec(a.spec), a.stage, a.seeds, a.output, log=(lambda m: None) if a.quiet else print)
+        print(markdown(summary, summary["task"]))
+        return 0
+
+    return guarded(body)
 
 
 if __name__ == "__main__":

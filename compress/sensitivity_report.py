@@ -205,8 +205,10 @@ def run_report(model_dir: str | os.PathLike, output: str | os.PathLike = DEFAULT
     return write_report(report, output, top)
 
 
-def parse(argv=None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="python -m compress.sensitivity_report",
+def parse(argv=None, prog: str = "python -m compress.sensitivity_report") -> argparse.Namespace:
+    from chain.cli import add_common
+
+    p = argparse.ArgumentParser(prog=prog,
                                 description="Per-layer int8/int4 accuracy cost of a fine-tuned model; writes "
                                             "sensitivity.json and sensitivity.md into --output.")
     p.add_argument("model_dir", type=Path, help="chainpress hf artifact (e.g. the fine-tune stage) or HF model dir")
@@ -215,30 +217,29 @@ def parse(argv=None) -> argparse.Namespace:
     p.add_argument("--eval-samples", type=int, help="first N examples of the split (default: all)")
     p.add_argument("--task", help="built-in task (sst2, sst5, subj, trec) when the manifest records none, or to "
                                   "override it")
-    p.add_argument("--output", type=Path, default=DEFAULT_OUTPUT, help=f"directory (default {DEFAULT_OUTPUT})")
     p.add_argument("--top", type=int, default=DEFAULT_TOP, help=f"layers per table (default {DEFAULT_TOP})")
-    p.add_argument("--threads", type=int, help="torch intra-op threads (default: torch's)")
+    add_common(p, output=True, output_default=str(DEFAULT_OUTPUT), output_help="sensitivity.json and .md",
+               threads=True)
     return p.parse_args(argv)
 
 
-def main(argv=None) -> int:
-    a = parse(argv)
+def main(argv=None, prog: str = "python -m compress.sensitivity_report") -> int:
+    from chain.cli import guarded, quiet_libraries
+
+    a = parse(argv, prog)
     # Passive OpenMP waits on a shared host (see bench/__main__.py); must precede torch's import.
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
-    try:
+    quiet_libraries(a.verbose, a.quiet)
+
+    def body() -> int:
         text = run_report(a.model_dir, a.output, a.top, schemes=tuple(a.schemes), split=a.split,
                           eval_samples=a.eval_samples, task=a.task, threads=a.threads)
-    except ChainpressError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("interrupted: nothing was written", file=sys.stderr)
-        return 130
-    print(text)
-    print(f"wrote {a.output / 'sensitivity.json'} and {a.output / 'sensitivity.md'}", file=sys.stderr)
-    return 0
+        if not a.quiet:
+            print(text)
+        print(f"wrote {a.output / 'sensitivity.json'} and {a.output / 'sensitivity.md'}", file=sys.stderr)
+        return 0
+
+    return guarded(body, interrupted="interrupted: nothing was written")
 
 
 if __name__ == "__main__":

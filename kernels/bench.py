@@ -157,11 +157,13 @@ def run_benchmarks(out: Path, ops: list[str], smoke: bool = False) -> list[Row]:
     return rows
 
 
-def main(argv: list[str] | None = None) -> int:
+def main(argv: list[str] | None = None, prog: str = "python -m kernels.bench") -> int:
+    from chain.cli import add_common
+
     from ._bench_cases import ALL
 
-    p = argparse.ArgumentParser(prog="python -m kernels.bench", description=__doc__.splitlines()[0])
-    p.add_argument("--out", type=Path, required=True, help="directory for results.md and results.json")
+    p = argparse.ArgumentParser(prog=prog, description=__doc__.splitlines()[0])
+    add_common(p, output=True, output_default="kernels-bench-out", output_help="results.md and results.json")
     p.add_argument("--ops", default=",".join(ALL), help=f"comma-separated subset of {','.join(ALL)}")
     p.add_argument("--smoke", action="store_true", help="tiny shapes on CPU via TRITON_INTERPRET (harness check)")
     args = p.parse_args(argv)
@@ -175,8 +177,8 @@ def main(argv: list[str] | None = None) -> int:
         if not torch.cuda.is_available():
             print(NO_CUDA, file=sys.stderr)
             return 2
-    run_benchmarks(args.out, ops, smoke=args.smoke)
-    print(f"wrote {args.out / 'results.md'} and results.json", file=sys.stderr)
+    run_benchmarks(args.output, ops, smoke=args.smoke)
+    print(f"wrote {args.output / 'results.md'} and results.json", file=sys.stderr)
     return 0
 
 

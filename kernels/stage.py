@@ -1,8 +1,10 @@
 """The ``kernels`` chain stage: the parent's model, run with chainpress' fused Triton kernels.
 
 The artifact is the parent's Hugging Face weights (hard links) plus ``runtime:
-triton-kernels`` and this stage's config in the manifest; ``bench.backends`` moves the
-model to CUDA and calls ``kernels.apply`` on load. Where the kernels cannot run (no CUDA
+triton-kernels`` and this stage's config in the manifest; the runtime registered here
+moves the model to CUDA and calls ``kernels.apply`` on load. This module is kernels'
+plugin (the ``chainpress.plugins`` entry point): importing it registers the stage type
+and the runtime with chain. Where the kernels cannot run (no CUDA
 device, no triton) the manifest carries ``skip_reason`` and bench reports the stage as
 ``skipped`` with that reason: the interpreter (``TRITON_INTERPRET=1``) is for correctness
 tests, and timing it would be meaningless.
@@ -15,6 +17,10 @@ from pathlib import Path
 
 from chain.artifact import Artifact, link_files
 from chain.errors import SpecError
+from chain.predict import Predictor, torch_predictor
+from chain.registry import register_stage
+from chain.runtime import register_runtime
+from chain.stage import RunContext, Stage
 
 RUNTIME = "triton-kernels"
 
@@ -35,13 +41,15 @@ class KernelsConfig:
             raise SpecError(f"kernels.group_size must be 32, 64 or 128, got {self.group_size}")
 
 
+@register_stage("kernels")
 @dataclass
-class FusedKernels:
+class FusedKernels(Stage):
+    """The parent's weights run with chainpress' fused Triton kernels (CUDA; skipped elsewhere)."""
     config: KernelsConfig = field(default_factory=KernelsConfig)
     name: str = "kernels"
     parent: str | None = None
 
-    def run(self, parent: Artifact, out_dir: Path) -> dict:
+    def run(self, parent: Artifact, out_dir: Path, ctx: RunContext) -> dict:
         from . import available
 
         if parent.format != "hf":
@@ -49,7 +57,7 @@ class FusedKernels:
                             f"{parent.path}; set its `parent` to a fine-tune or prune stage")
         link_files(parent.path, out_dir)
         fields = {"format": "hf", "runtime": RUNTIME, "kernels": asdict(self.config),
-                  "task": parent.manifest.get("task"), "num_labels": parent.manifest.get("num_labels")}
+                  "num_labels": parent.manifest.get("num_labels")}
         ok, why = available()
         if os.environ.get("TRITON_INTERPRET") == "1":
             ok, why = False, "the Triton interpreter (TRITON_INTERPRET=1) is for correctness tests, not timing"
@@ -67,3 +75,12 @@ def load_patched(model, cfg: dict):
     c = KernelsConfig(**cfg)
     model = model.to("cuda", getattr(torch, c.dtype)).eval()
     return apply(model, int8_weights=c.int8_weights, int4_weights=c.int4_weights, group_size=c.group_size)
+
+
+@register_runtime("hf", RUNTIME)
+def kernels_predictor(artifact: Artifact, threads: int, trust_remote_code: bool = False) -> Predictor:
+    from chain.model import load_model
+
+    model = load_model(artifact, trust_remote_code=trust_remote_code)
+    return torch_predictor(load_patched(model, artifact.manifest.get("kernels", {})), artifact.name,
+                           backend="pytorch+triton")

@@ -6,7 +6,7 @@ import torch
 from chain.artifact import Artifact
 from chain.errors import ExportValidationError
 from chain.model import load_model, load_tokenizer
-from chain.runner import run_stages
+from tests.stage_runner import run_stages
 from chain.task import builtin_task
 from compress.formats import sqnr_db
 from compress.onnx_export import OnnxExportConfig, compare_logits, ort_session

@@ -7,7 +7,7 @@ from transformers import BertConfig, BertForSequenceClassification, Trainer, Tra
 from chain.artifact import Artifact
 from chain.errors import SpecError
 from chain.finetune import DistillSettings, FineTune, FineTuneConfig, _distill_trainer_cls
-from chain.runner import run_stages
+from tests.stage_runner import run_stages
 from chain.task import Task
 from compress.prune import PruneConfig, prune_
 

@@ -5,7 +5,7 @@ from safetensors.torch import load_file, save_file
 from chain.artifact import Artifact
 from chain.errors import SpecError
 from chain.finetune import FineTune, FineTuneConfig, freeze_
-from chain.runner import run_stages
+from tests.stage_runner import run_stages
 from chain.task import Task
 
 

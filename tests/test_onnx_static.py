@@ -4,7 +4,7 @@ import torch
 
 from chain.artifact import Artifact
 from chain.errors import SpecError
-from chain.runner import run_stages
+from tests.stage_runner import run_stages
 from chain.task import builtin_task
 from compress.formats import sqnr_db
 from compress.onnx_export import onnx_logits, ort_session

@@ -7,7 +7,7 @@ from transformers import BertConfig, BertForSequenceClassification
 from chain.artifact import Artifact, write_manifest
 from chain.errors import SpecError
 from chain.registry import stage_class
-from chain.runner import run_stages
+from tests.stage_runner import run_stages
 from chain.task import Task
 from compress.sensitivity import AccuracyAwareConfig, accuracy_aware_quantize_, layer_sensitivity
 from compress.stages import AccuracyAwareQuantize

@@ -6,7 +6,7 @@ from transformers import BertConfig, BertForSequenceClassification
 from chain.artifact import Artifact
 from chain.errors import SpecError
 from chain.registry import stage_class
-from chain.runner import run_stages
+from tests.stage_runner import run_stages
 from compress.sparsity import SparsityConfig, sparsify_, speedup_expected
 from compress.stages import Sparsify
 

@@ -4,7 +4,7 @@ import time
 import numpy as np
 import pytest
 
-from bench.backends import Predictor
+from chain.predict import Predictor
 from bench.compare import Thresholds
 from bench.gate_check import GateCheckConfig, drop_accuracy, run_gate_check, slowed
 from bench.harness import MeasureConfig

@@ -3,7 +3,8 @@ import json
 
 import pytest
 
-from bench.__main__ import build_config, main, parse
+from bench.__main__ import build_config, main, parser
+from bench.harness import MeasureConfig
 from bench.run import run_bench
 
 PEERS = ("torch-compile", "optimum-int8", "optimum-int8-noopt")
@@ -19,12 +20,12 @@ def tiny_run(tiny_bert_dir, tmp_path_factory):
         lines = (SST2 / f"{split}.tsv").read_text().splitlines()
         files[split] = d / f"{split}.tsv"
         files[split].write_text("\n".join(lines[: n + 1]) + "\n")
-    a = parse(["--model", str(tiny_bert_dir), "--train", str(files["train"]), "--test", str(files["test"]),
+    a = parser().parse_args(["--model", str(tiny_bert_dir), "--train", str(files["train"]), "--test", str(files["test"]),
                "--output", str(d / "out"), "--quick", "--threads", "1"])
     cfg = build_config(a)
-    cfg.finetune.show_progress = False
+    cfg.measure = MeasureConfig.quick(1)
     cfg.measure.latency_calls, cfg.measure.throughput_rounds = 40, 2  # machinery, not statistics
-    run_bench(cfg, log=lambda *_: None)
+    run_bench(cfg, log=lambda *_: None, quiet=True)
     return d / "out"
 
 
@@ -49,7 +50,7 @@ def test_peers_are_rows_of_the_same_run(tiny_run):
     assert o2["status"] == "ok" or "Unable to find data type" in o2["reason"], o2
     tc = rows["torch-compile"]
     if tc["status"] == "ok":  # compiled fp32 is the same function as the reference
-        assert tc["backend"] == "pytorch+compile" and tc["accuracy"] == ref["accuracy"] and tc["compile_s"] > 0
+        assert tc["backend"] == "pytorch+compile" and tc["accuracy"] == ref["accuracy"] and tc["extra"]["compile_s"] > 0
     else:
         assert tc["status"] == "skipped" and tc["reason"].startswith("torch.compile failed on this machine")
     assert "omp_wait_policy" in res["environment"] and res["environment"]["threads"] == 1

@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 import torch
 
-from bench.environment import environment
+from chain.environment import environment
 from bench.timing import Timing, fixed_threads, summarize, time_interleaved, trimmed_mean
 
 

@@ -29,7 +29,7 @@ def test_two_process_stage_in_a_chain(tmp_path, tiny_bert_dir, easy_tasks):
     a = res["stages"][0]
     assert [s["status"] for s in res["stages"]] == ["ok", "ok"], a.get("reason")
     assert a["train"]["processes"] == 2 and a["train"]["steps"] == 64  # 128 examples / 16 x 8 epochs
-    assert a["accuracy"]["senti"] >= 0.9
+    assert a["accuracy_by_task"]["senti"] >= 0.9
     art = Artifact.load(a["artifact"])
     assert not list(art.path.glob("_ddp_*")) and (art.path / "heads" / "senti.safetensors").is_file()
 
@@ -40,7 +40,7 @@ def test_torchrun_finetune_command(tmp_path, tiny_bert_dir, easy_tasks):
     (tmp_path / "ft.yaml").write_text(yaml.safe_dump(cfg))
     out = tmp_path / "ft"
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m", "chain",
-           "finetune", "--parent", str(tiny_bert_dir), "--config", str(tmp_path / "ft.yaml"), "--out", str(out)]
+           "finetune", "--parent", str(tiny_bert_dir), "--config", str(tmp_path / "ft.yaml"), "--output", str(out)]
     proc = subprocess.run(cmd, env={**os.environ, "PYTHONPATH": str(REPO)}, capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr[-3000:]
     m = json.loads((out / "manifest.json").read_text())

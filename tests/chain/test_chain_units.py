@@ -75,28 +75,37 @@ class _Stage:
     name: str = "s"
     parent: str | None = None
 
-    def run(self, parent, out_dir):
+    def run(self, parent, out_dir, ctx):
         return {"format": "hf"}
 
 
-def test_registry_register_and_provider(monkeypatch):
-    monkeypatch.setattr(registry, "_registered", {})
+def test_registry_register_decorator_and_plugins(monkeypatch):
+    monkeypatch.setattr(registry, "_types", dict(registry._types))
     registry.register_stage("mine", _Stage)
     assert registry.stage_class("mine") is _Stage and registry.config_class(_Stage) is _Cfg
-    assert "mine" in registry.known_types() and "finetune" in registry.known_types()
-    # compress/ (or any provider module) adds types with a plain dict, no import-time registration
-    mod = types.ModuleType("fake_provider")
-    mod.STAGE_TYPES = {"prune": _Stage, "ft2": "chain.finetune:FineTune"}
-    monkeypatch.setitem(sys.modules, "fake_provider", mod)
-    monkeypatch.setattr(registry, "PROVIDERS", ("fake_provider",))
-    from chain.finetune import FineTune
-
-    assert registry.stage_class("prune") is _Stage and registry.stage_class("ft2") is FineTune
-    assert {"prune", "ft2"} <= set(registry.known_types())
+    assert _Stage.type_name == "mine"
+    # compress, kernels and bench types come from their plugins (entry points), never named in chain
+    assert {"finetune", "prune", "kernels", "peer_torch_compile", "mine"} <= set(registry.known_types())
     with pytest.raises(SpecError, match="unknown stage type 'nope'; known types: .*mine.*prune"):
         registry.stage_class("nope")
     with pytest.raises(SpecError, match="letters, digits"):
         registry.register_stage("a b", _Stage)
+
+
+def test_a_plugin_that_fails_to_import_is_named(monkeypatch):
+    import importlib.metadata as md
+
+    class EP:
+        name, value = "broken", "no_such_module_xyz"
+
+        def load(self):
+            import no_such_module_xyz  # noqa: F401
+
+    monkeypatch.setattr(registry, "_loaded", False)
+    monkeypatch.setattr(md, "entry_points", lambda group: [EP()])
+    with pytest.raises(registry.PluginError, match="plugin 'broken' .*no_such_module_xyz.*failed to import"):
+        registry.stage_class("finetune")
+    monkeypatch.setattr(registry, "_loaded", True)
 
 
 def test_builtin_types_resolve_lazily():
@@ -110,8 +119,8 @@ def test_builtin_types_resolve_lazily():
 
 def test_stage_key_tracks_what_changes_the_result():
     cfg = FineTuneConfig(task="sst2")
-    k = stage_key("p1", "finetune", cfg, "fp")
-    assert k == stage_key("p1", "finetune", FineTuneConfig(task="sst2", show_progress=False), "fp")
+    k = stage_key("p1", "finetune", cfg, "fp", ("show_progress",))
+    assert k == stage_key("p1", "finetune", FineTuneConfig(task="sst2", show_progress=False), "fp", ("show_progress",))
     assert len({k, stage_key("p2", "finetune", cfg, "fp"), stage_key("p1", "finetune", cfg, "fp2"),
                 stage_key("p1", "finetune", FineTuneConfig(task="sst2", seed=1), "fp"),
                 stage_key("p1", "other", cfg, "fp")}) == 5

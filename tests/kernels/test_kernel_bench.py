@@ -14,7 +14,7 @@ def run_bench(*args: str, tmp_path: Path, cuda_hidden: bool = True) -> subproces
     env = dict(os.environ, OMP_NUM_THREADS="1")
     if cuda_hidden:
         env["CUDA_VISIBLE_DEVICES"] = ""
-    return subprocess.run([sys.executable, "-m", "kernels.bench", "--out", str(tmp_path / "out"), *args],
+    return subprocess.run([sys.executable, "-m", "kernels.bench", "--output", str(tmp_path / "out"), *args],
                           cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
 
 

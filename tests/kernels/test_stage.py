@@ -5,6 +5,7 @@ import torch
 from chain.artifact import Artifact, write_manifest
 from chain.errors import SpecError
 from chain.registry import stage_class
+from chain.stage import RunContext
 from kernels.stage import RUNTIME, FusedKernels, KernelsConfig
 
 
@@ -24,7 +25,7 @@ def test_links_parent_weights_and_records_runtime(tiny_bert, tmp_path, monkeypat
     monkeypatch.delenv("TRITON_INTERPRET", raising=False)  # as bench runs it: no interpreter
     out = tmp_path / "kernels"
     out.mkdir()
-    fields = FusedKernels(KernelsConfig(int4_weights=True)).run(Artifact.load(tiny_bert), out)
+    fields = FusedKernels(KernelsConfig(int4_weights=True)).run(Artifact.load(tiny_bert), out, RunContext())
     assert fields["runtime"] == RUNTIME and fields["kernels"]["int4_weights"] is True
     assert (out / "model.safetensors").stat().st_ino == (tiny_bert / "model.safetensors").stat().st_ino
     if torch.cuda.is_available():
@@ -38,7 +39,7 @@ def test_interpreter_is_not_a_runtime_to_time(tiny_bert, tmp_path, monkeypatch):
     monkeypatch.setenv("TRITON_INTERPRET", "1")
     out = tmp_path / "kernels"
     out.mkdir()
-    fields = FusedKernels().run(Artifact.load(tiny_bert), out)
+    fields = FusedKernels().run(Artifact.load(tiny_bert), out, RunContext())
     assert "interpreter" in fields["skip_reason"].lower()
 
 
@@ -46,4 +47,4 @@ def test_needs_a_hugging_face_parent(tmp_path):
     (tmp_path / "model.onnx").write_bytes(b"")
     write_manifest(tmp_path, stage="onnx", format="onnx")
     with pytest.raises(SpecError, match="Hugging Face parent"):
-        FusedKernels().run(Artifact.load(tmp_path), tmp_path / "out")
+        FusedKernels().run(Artifact.load(tmp_path), tmp_path / "out", RunContext())

@@ -12,7 +12,7 @@ import platform
 import time
 from pathlib import Path
 
-from chain.artifact import library_versions
+from .artifact import library_versions
 
 # ISA features that change int8/fp32 kernel choice in PyTorch (fbgemm/oneDNN) and ONNX Runtime
 INTERESTING_FLAGS = ("avx2", "fma", "avx512f", "avx512_vnni", "avx512_bf16", "avx_vnni", "amx_int8", "amx_bf16")
@@ -32,11 +32,15 @@ def _cpuinfo() -> tuple[str, list[str]]:
     return cpu or platform.processor(), flags or []
 
 
-def environment(threads: int, device: str = "cpu") -> dict:
+def environment(threads: int | None = None, device: str = "cpu") -> dict:
+    """The one environment record of chain and bench results (``threads`` None = torch's count)."""
     import torch
 
+    threads = threads if threads is not None else torch.get_num_threads()
+
     cpu, flags = _cpuinfo()
-    env = {"cpu": cpu, "cores": os.cpu_count(), "threads": threads, "device": device,
+    env = {"cpu": cpu, "cores": os.cpu_count(), "threads": threads,
+           "torch_threads": torch.get_num_threads(), "device": device,
            "platform": platform.platform(), "cpu_flags": flags,
            "affinity_cores": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None,
            "torch_quantized_engine": torch.backends.quantized.engine,

