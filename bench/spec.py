@@ -8,9 +8,10 @@ the user's, with the bench knobs applied. One preset of defaults for the CLI and
 from __future__ import annotations
 
 import copy
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
+from chain.cli import default_threads
 from chain.errors import SpecError
 from chain.spec import ChainSpec, parse_spec
 
@@ -37,7 +38,7 @@ class BenchConfig:
     num_labels: int = 2
     quick: bool = False
     epochs: float | None = None  # every fine-tune stage's epochs
-    threads: int = 2
+    threads: int = field(default_factory=default_threads)  # 2, or the cores there are
     peers: bool = True
     trust_remote_code: bool = False
     reference: str | None = None  # the reference stage; None = REFERENCE for the default chain

@@ -35,18 +35,19 @@ def read_config(path: Path) -> dict:
     return cfg
 
 
-def check_source(path: Path, trust_remote_code: bool) -> dict:
-    """The model directory's config, after checking it can be loaded safely and has a tokenizer."""
+def check_source(path: Path, trust_remote_code: bool, tokenizer: bool = False) -> dict:
+    """The model directory's config, after checking it can be loaded safely (and, with
+    ``tokenizer``, that it has a tokenizer: a chain's source model must)."""
     cfg = read_config(path)
-    if not any((Path(path) / f).is_file() for f in TOKENIZER_FILES):
-        raise ModelError(f"{path} has no tokenizer files ({', '.join(TOKENIZER_FILES[:3])}, ...); save the "
-                         "tokenizer next to the model (tokenizer.save_pretrained(DIR))")
     if cfg.get("auto_map") and not trust_remote_code:
         raise ModelError(f"{path} needs custom code from the model repo; review it, then pass "
                          "--trust-remote-code (trust_remote_code=True) to run it")
     if not any(path.glob("*.safetensors")):
         raise ModelError(f"{path} has no .safetensors weights; chainpress refuses pickled weights "
                          "(convert them with `safetensors` first)")
+    if tokenizer and not any((Path(path) / f).is_file() for f in TOKENIZER_FILES):
+        raise ModelError(f"{path} has no tokenizer files ({', '.join(TOKENIZER_FILES[:3])}, ...); save the "
+                         "tokenizer next to the model (tokenizer.save_pretrained(DIR))")
     return cfg
 
 

@@ -367,7 +367,7 @@ def check_inputs(spec: ChainSpec) -> dict[str, dict[str, int]]:
     errors: list[str] = []
     kinds: list[type] = []  # the error class of each problem: one problem keeps its own type
     source = Artifact.load(spec.model_path())
-    model_cfg = check_source(source.path, spec.trust_remote_code) if source.format == "hf" else {}
+    model_cfg = check_source(source.path, spec.trust_remote_code, tokenizer=True) if source.format == "hf" else {}
     used = {s.task for s in spec.stages if s.task}
     sizes = {}
     for name in spec.tasks:

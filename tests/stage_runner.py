@@ -30,6 +30,8 @@ def run_stages(source: Artifact | Path, stages: list, out: Path, task: Task | st
                eval_samples: int = 64, gate=None) -> list[Result]:
     src = source.path if isinstance(source, Artifact) else Path(source)
     tasks: dict[str, Task] = {}
+    if Artifact.load(src).manifest.get("task"):
+        task = None  # a fine-tuned artifact: its stages inherit the task it records
     if isinstance(task, str):
         task = builtin_task(task)
     specs = []

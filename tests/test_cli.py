@@ -111,7 +111,7 @@ def test_parent_of_the_wrong_format_and_every_error_at_once(tiny_bert, tmp_path)
     spec = _spec(tmp_path, tiny_bert, [
         {"name": "a", "type": "finetune", "task": "sst2"},
         {"name": "q", "type": "quantize_onnx_int8", "parent": "a"},
-        {"name": "p", "type": "prune", "parent": "source"},  # Taylor importance needs a task: none here
+        {"name": "p", "type": "prune", "parent": "source", "config": {"importance": "taylor"}},  # no task here
         {"name": "g", "type": "quantize_int8", "parent": "source", "gate": {"max_drop": 0.01}}])
     p = _run("validate", str(spec))
     assert p.returncode == BAD_INPUT and "Traceback" not in p.stderr

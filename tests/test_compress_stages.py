@@ -85,8 +85,10 @@ def test_export_stage_raises_on_mismatch(tiny_bert_dir, tmp_path, monkeypatch):
 
 
 def test_onnx_stage_needs_onnx_parent(tiny_bert_dir, tmp_path):
-    [res] = run_stages(Artifact.load(tiny_bert_dir), [QuantizeOnnxInt8()], tmp_path)
-    assert res.status == "failed" and "needs a onnx parent" in res.reason
+    from chain.errors import SpecError
+
+    with pytest.raises(SpecError, match="quantize_onnx_int8 stage reads onnx models, but the source model is hf"):
+        run_stages(Artifact.load(tiny_bert_dir), [QuantizeOnnxInt8()], tmp_path)  # refused before anything runs
 
 
 def test_onnx_int8_with_int4_embeddings(chain_out, tmp_path):

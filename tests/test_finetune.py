@@ -42,8 +42,10 @@ def test_nan_loss_stops_stage_and_publishes_nothing(tiny_bert, small_task_files,
     save_file(state, str(path), metadata={"format": "pt"})
     cfg = FineTuneConfig(task=_task(small_task_files), epochs=1, batch_size=16, show_progress=False)
     [res] = run_stages(Artifact.load(tiny_bert), [FineTune(cfg)], tmp_path / "out")
-    assert res.status == "failed" and "loss" in res.reason and "nan" in res.reason.lower()
-    assert not (tmp_path / "out" / "00-finetune").exists()
+    # a diverged stage is a gate failure (rolled back), recorded so a resume does not diverge again
+    assert res.status == "rolled_back" and "training diverged" in res.reason and "nan" in res.reason.lower()
+    arts = tmp_path / "out" / "artifacts"
+    assert [p.name for p in arts.iterdir() if not p.name.startswith(".")] == [f"finetune-{res.row['key']}.failed.json"]
 
 
 def test_dev_holdout_when_task_has_no_dev(tiny_bert, small_task_files):

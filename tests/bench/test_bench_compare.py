@@ -233,9 +233,9 @@ def test_cli_pass_and_fail(tmp_path, capsys):
     assert code == 0 and "gate (ratio mode, max slowdown 10%, max accuracy drop 0.5 pts, noise floor 5%): pass" in out
     slow = write(tmp_path, "slow.json", with_stage(BASE, "onnx-int8", speedup=2.7 / 1.2))
     code, out, err = run_main(capsys, b, slow, "--max-slowdown", "10%", "--max-accuracy-drop", "0.5",
-                              "--json", str(tmp_path / "c.json"))
+                              "--output", str(tmp_path / "c"))
     assert code == 1 and "REGRESSION" in out and "+20.00%" in out
-    assert json.loads((tmp_path / "c.json").read_text())["regressed"] is True
+    assert json.loads((tmp_path / "c" / "compare.json").read_text())["regressed"] is True
     assert run_main(capsys, b, slow, "--max-slowdown", "25%")[0] == 0
 
 
