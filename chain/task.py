@@ -126,7 +126,10 @@ class Task:
         """``{id: name}`` for a model config (``LABEL_i`` where the data gives no names)."""
         return self.label_space().id2label()
 
-    def _space(self, train: tuple[list, list[int], str, str] | None = None) -> LabelSpace:
+    def _space(self, train: tuple[list, list[int], str, str] | None = None,
+               other: tuple[list, list[int], str, str] | None = None) -> LabelSpace:
+        """``train``: the train split's raw labels if already read; ``other``: those of the split
+        being loaded, which stand in for train in an evaluation-only task (integer ids only)."""
         if self.dataset and "train" in self._dataset_splits():
             ds = load_dataset_split(Path(self.dataset), self._dataset_splits()["train"])
             names = classlabel_names(ds, self.label_column)
@@ -134,13 +137,13 @@ class Task:
                 return classlabel_space(names, self.labels, f"{self.dataset}[{self._dataset_splits()['train']}]")
         if self.labels is not None:
             return explicit_space(self.labels)
-        if train is None:
-            if not self.has_split("train"):
-                raise DataError("there is no train split to read the label names from; give a `train` (or `all`) "
-                                "file, or list the names in `labels`")
+        if train is None and self.has_split("train"):
             train = self._columns(self._raw("train"))[1:]
-        values, lines, where, unit = train
-        return infer_space(values, lines, where, unit, self.num_labels)
+        space = infer_space(*(train or other), self.num_labels) if (train or other) else None
+        if space is None or (train is None and space.names is not None):
+            raise DataError("there is no train split to read the label names from; give a `train` (or `all`) "
+                            "file, or list the names (in the model's id order) in `labels`")
+        return space
 
     # ---- reading ----------------------------------------------------------------------------
 
@@ -152,7 +155,8 @@ class Task:
     def load(self, split: str) -> Split:
         try:
             texts, values, lines, where, unit = self._columns(self._raw(split))
-            space = self._space((values, lines, where, unit) if split == "train" else None)
+            raw = (values, lines, where, unit)
+            space = self._space(raw if split == "train" else None, other=raw)
             return Split(texts, space.ids(values, lines, where, unit))
         except DataError as e:
             raise DataError(f"task {self.name!r}: {e}") from None

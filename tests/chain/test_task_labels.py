@@ -309,3 +309,13 @@ def test_swapped_head_without_names_gets_generic_labels(tmp_path, tiny_bert_dir)
     set_head_(model, head_state(model), labels=["x", "y"])
     assert model.config.id2label == {0: "x", 1: "y"}
     assert swap_head_(model, tmp_path, "old") and model.config.id2label == {0: "LABEL_0", 1: "LABEL_1"}
+
+
+def test_evaluation_only_task_needs_labels_for_names(tmp_path):
+    """A task with a dev split only (sensitivity reports): ids work as before, names need `labels`."""
+    ids = {"dev": _write(tmp_path / "ids.tsv", [(1, "good"), (0, "bad")], "tsv")}
+    assert Task("t", ids, 2).load("dev").labels == [1, 0]
+    named = {"dev": _write(tmp_path / "named.tsv", [("pos", "good"), ("neg", "bad")], "tsv")}
+    with pytest.raises(DataError, match="no train split to read the label names from"):
+        Task("t", named, 2).load("dev")
+    assert Task("t", named, labels=["pos", "neg"]).load("dev").labels == [0, 1]
