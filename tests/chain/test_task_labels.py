@@ -237,7 +237,8 @@ def test_chain_validate_reports_bad_data_in_one_line(tmp_path, tiny_bert_dir):
 
 @pytest.fixture(scope="module")
 def labelled_chain(tmp_path_factory, tiny_bert_dir):
-    """senti (string labels neg/pos, CSV) -> sst2 (64 built-in examples) -> ONNX export."""
+    """senti (string labels neg/pos, CSV) -> sst2 (64 built-in examples); senti -> ONNX -> ONNX int8;
+    senti -> PyTorch int8."""
     from chain.executor import run_chain
     from chain.spec import load_spec
 
@@ -250,12 +251,14 @@ def labelled_chain(tmp_path_factory, tiny_bert_dir):
     stages = [{"name": "senti", "type": "finetune", "task": "senti"},
               {"name": "sst2", "type": "finetune", "task": "sst2",
                "config": {"max_train_samples": 64, "max_eval_samples": 32, "epochs": 1}},
-              {"name": "onnx", "type": "export_onnx", "parent": "senti"}]
+              {"name": "onnx", "type": "export_onnx", "parent": "senti"},
+              {"name": "onnx-int8", "type": "quantize_onnx_int8", "parent": "onnx"},
+              {"name": "int8", "type": "quantize_int8", "parent": "senti"}]
     spec = load_spec(make_spec(tmp / "labels.yaml", tiny_bert_dir, tasks, stages,
                                eval={"max_length": 16, "threads": 1, "max_samples": 64}))
     res = run_chain(spec, tmp / "out", log=lambda _: None)
     arts = {s["name"]: Path(s["artifact"]) for s in res["stages"]}
-    assert set(arts) == {"senti", "sst2", "onnx"}, res["stages"]
+    assert set(arts) == {"senti", "sst2", "onnx", "onnx-int8", "int8"}, res["stages"]
     return arts
 
 
@@ -268,6 +271,9 @@ def test_finetuned_artifact_config_carries_the_task_names(labelled_chain):
         cfg = json.loads((labelled_chain[stage] / "config.json").read_text())
         assert cfg["id2label"] == names and cfg["label2id"] == {v: int(k) for k, v in names.items()}
         assert json.loads((labelled_chain[stage] / "manifest.json").read_text())["labels"] == list(names.values())
+    for stage in ("onnx", "onnx-int8", "int8"):  # compression keeps the parent's names
+        cfg = json.loads((labelled_chain[stage] / "config.json").read_text())
+        assert cfg["id2label"] == {"0": "neg", "1": "pos"}, stage
 
 
 def test_pipeline_on_hf_and_onnx_answers_with_names(labelled_chain):
@@ -279,8 +285,11 @@ def test_pipeline_on_hf_and_onnx_answers_with_names(labelled_chain):
                   tokenizer=AutoTokenizer.from_pretrained(hf_dir))
     ort = pipeline("text-classification", model=ORTModelForSequenceClassification.from_pretrained(onnx_dir),
                    tokenizer=AutoTokenizer.from_pretrained(onnx_dir))
+    ort8 = pipeline("text-classification", tokenizer=AutoTokenizer.from_pretrained(onnx_dir),
+                    model=ORTModelForSequenceClassification.from_pretrained(labelled_chain["onnx-int8"]))
     hf_out, ort_out = hf(_texts()), ort(_texts())
     assert [o["label"] for o in hf_out] == [o["label"] for o in ort_out]
+    assert {o["label"] for o in ort8(_texts())} <= {"neg", "pos"}
     assert {o["label"] for o in hf_out} <= {"neg", "pos"}
     assert [o["label"] for o in hf_out] == ["pos", "neg", "pos"]  # the keyword task is learnt (dev acc 1.0)
 
