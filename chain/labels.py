@@ -16,34 +16,50 @@ recorded order, so ``id2label`` in a saved model names the classes the way the d
 """
 from __future__ import annotations
 
+import math
 import re
 from dataclasses import dataclass
 
 from .errors import DataError
 
 ACCEPTS = ("ids", "names", "either")
-_INT = re.compile(r"[+-]?\d+")
+_NUMBER = re.compile(r"[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?")
 
 
-def as_int(value) -> int | None:
-    """The integer id ``value`` spells (7, 7.0, "7"), or None if it is not one."""
+def _number(value) -> float | None:
+    """``value`` as a number (7, 7.5, "7", "7.0" as pandas writes ids), or None."""
     if isinstance(value, bool):
         return None
-    if isinstance(value, int):
-        return value
-    if isinstance(value, float) and value.is_integer():
-        return int(value)
-    if isinstance(value, str) and _INT.fullmatch(value.strip()):
-        return int(value)
+    if isinstance(value, (int, float)):
+        return float(value)
+    if isinstance(value, str) and _NUMBER.fullmatch(value.strip()):
+        return float(value)
     return None
 
 
+def as_int(value) -> int | None:
+    """The integer id ``value`` spells (7, 7.0, "7", "7.0"), or None if it is not one."""
+    x = _number(value)
+    if x is None or not math.isfinite(x) or not x.is_integer():
+        return None
+    return value if isinstance(value, int) else int(x)
+
+
 def label_key(value) -> str | None:
-    """The name ``value`` stands for (stripped), or None for a missing label."""
-    if value is None:
+    """The name ``value`` stands for (stripped), or None for a missing label (None, NaN, "")."""
+    if value is None or (isinstance(value, float) and math.isnan(value)):
         return None
     key = value.strip() if isinstance(value, str) else str(value)
     return key or None
+
+
+def _fractional(value, where: str, unit: str, line: int) -> DataError | None:
+    """A score such as 3.8 (a regression data set) is no class: refuse it rather than make it a name."""
+    x = _number(value)
+    if x is not None and as_int(value) is None:
+        return DataError(f"{where} {unit} {line}: label {value!r} is a fractional number; chainpress trains "
+                         "classifiers: give integer ids or names")
+    return None
 
 
 def _show(names) -> str:
@@ -86,7 +102,7 @@ class LabelSpace:
                                     "fix the data or set num_labels" + (" and labels" if self.names else ""))
                 kind, label = "id", n
             else:
-                raise self._unknown(value, where, unit, line)
+                raise _fractional(value, where, unit, line) or self._unknown(value, where, unit, line)
             if first_kind is None:
                 first_kind = (kind, line)
             elif kind != first_kind[0]:
@@ -103,7 +119,7 @@ class LabelSpace:
                              f"0..{self.num_labels - 1} everywhere, or names everywhere")
         if self.source == "train split":
             return DataError(f"{head} never occurs in the train split (its labels: {_show(self.names)}); "
-                             "the model cannot learn it: fix the split or the labels, or list every name in `labels`")
+                             "the model cannot learn it: fix the split or the labels")
         if self.source == "ClassLabel":
             return DataError(f"{head} is not an id of the dataset's ClassLabel {_show(self.names)}")
         return DataError(f"{head} is not one of the task's `labels` {_show(self.names)}; add it there or fix the data")
@@ -129,6 +145,8 @@ def infer_space(values: list, lines: list[int], where: str, unit: str, num_label
     for value, line in zip(values, lines):
         if label_key(value) is None:
             raise _missing(where, unit, line)
+        if (err := _fractional(value, where, unit, line)) is not None:
+            raise err
         kinds.append(as_int(value) is not None)
     if not kinds:
         raise DataError(f"{where} has no data rows; give a file with a header and examples")

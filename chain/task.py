@@ -130,11 +130,11 @@ class Task:
                other: tuple[list, list[int], str, str] | None = None) -> LabelSpace:
         """``train``: the train split's raw labels if already read; ``other``: those of the split
         being loaded, which stand in for train in an evaluation-only task (integer ids only)."""
-        if self.dataset and "train" in self._dataset_splits():
-            ds = load_dataset_split(Path(self.dataset), self._dataset_splits()["train"])
-            names = classlabel_names(ds, self.label_column)
+        train_split = self._dataset_splits().get("train") if self.dataset else None
+        if train_split is not None:
+            names = classlabel_names(load_dataset_split(Path(self.dataset), train_split), self.label_column)
             if names is not None:
-                return classlabel_space(names, self.labels, f"{self.dataset}[{self._dataset_splits()['train']}]")
+                return classlabel_space(names, self.labels, f"{self.dataset}[{train_split}]")
         if self.labels is not None:
             return explicit_space(self.labels)
         if train is None and self.has_split("train"):

@@ -328,3 +328,15 @@ def test_evaluation_only_task_needs_labels_for_names(tmp_path):
     with pytest.raises(DataError, match="no train split to read the label names from"):
         Task("t", named, 2).load("dev")
     assert Task("t", named, labels=["pos", "neg"]).load("dev").labels == [0, 1]
+
+
+def test_number_labels_ids_as_pandas_writes_them_and_scores_refused(tmp_path):
+    floats = {"train": _write(tmp_path / "f.csv", [("1.0", "good"), ("0.0", "bad")], "csv")}
+    assert Task("t", floats, 2).load("train").labels == [1, 0]
+    scores = {"train": _write(tmp_path / "s.jsonl", [(3.8, "good"), (1.2, "bad")], "jsonl")}
+    with pytest.raises(DataError, match=r"s.jsonl line 1: label 3.8 is a fractional number"):
+        Task("t", scores, 2).load("train")
+    nan = tmp_path / "n.jsonl"
+    nan.write_text('{"sentence": "a", "label": 1}\n{"sentence": "b", "label": NaN}\n')
+    with pytest.raises(DataError, match=r"n.jsonl line 2: no label"):
+        Task("t", {"train": str(nan)}, 2).load("train")
