@@ -89,6 +89,9 @@ def _delimited(path: Path, text: str, delimiter: str) -> Rows:
 
 def read_file(path: Path) -> Rows:
     """Rows of a .jsonl, .csv or (any other suffix) tab-separated file with a header row."""
+    if path.is_dir():
+        raise DataError(f"data file {path} is a directory; give the TSV/CSV/JSONL file in `files` "
+                        "(or the directory as `dataset` if save_to_disk wrote it)")
     if not path.is_file():
         raise DataError(f"data file {path} not found; check the path in the task's `files`")
     text = _text(path)
@@ -121,7 +124,8 @@ def load_dataset_split(root: Path, split: str):
         raise DataError(f"{root} cannot be loaded as a saved dataset ({e}); write it with "
                         "DatasetDict.save_to_disk") from None
     except Exception as e:  # noqa: BLE001 - pyarrow/fsspec raise many types for a damaged directory
-        raise DataError(f"{root} cannot be loaded as a saved dataset ({type(e).__name__}: {e}); "
+        detail = " ".join(str(e).split())[:300]  # one line, whatever pyarrow says
+        raise DataError(f"{root} cannot be loaded as a saved dataset ({type(e).__name__}: {detail}); "
                         "write it again with DatasetDict.save_to_disk") from None
     if split not in dd:
         raise DataError(f"{root} has no split {split!r} (it has {sorted(dd)}); check `splits`")

@@ -140,6 +140,28 @@ def test_builtin_names_follow_the_data_readme():
     assert test.texts[0].startswith("How far") and builtin_task("trec").id2label()[test.labels[0]] == "NUM"
 
 
+def test_evaluation_only_task_needs_labels_for_names(tmp_path):
+    """A task with a dev split only (sensitivity reports): ids work as before, names need `labels`."""
+    ids = {"dev": _write(tmp_path / "ids.tsv", [(1, "good"), (0, "bad")], "tsv")}
+    assert Task("t", ids, 2).load("dev").labels == [1, 0]
+    named = {"dev": _write(tmp_path / "named.tsv", [("pos", "good"), ("neg", "bad")], "tsv")}
+    with pytest.raises(DataError, match="no train split to read the label names from"):
+        Task("t", named, 2).load("dev")
+    assert Task("t", named, labels=["pos", "neg"]).load("dev").labels == [0, 1]
+
+
+def test_number_labels_ids_as_pandas_writes_them_and_scores_refused(tmp_path):
+    floats = {"train": _write(tmp_path / "f.csv", [("1.0", "good"), ("0.0", "bad")], "csv")}
+    assert Task("t", floats, 2).load("train").labels == [1, 0]
+    scores = {"train": _write(tmp_path / "s.jsonl", [(3.8, "good"), (1.2, "bad")], "jsonl")}
+    with pytest.raises(DataError, match=r"s.jsonl line 1: label 3.8 is a fractional number"):
+        Task("t", scores, 2).load("train")
+    nan = tmp_path / "n.jsonl"
+    nan.write_text('{"sentence": "a", "label": 1}\n{"sentence": "b", "label": NaN}\n')
+    with pytest.raises(DataError, match=r"n.jsonl line 2: no label"):
+        Task("t", {"train": str(nan)}, 2).load("train")
+
+
 # ---- datasets ----------------------------------------------------------------------------
 
 def test_classlabel_dataset_names(tmp_path):
@@ -219,6 +241,19 @@ def test_jsonl_line_numbers_count_blank_lines(tmp_path):
     with pytest.raises(DataError, match="line 3: label 1 is an integer id but line 1 has a name"):
         Task("t", {"train": str(p)}, labels=["x", "y"]).load("train")
 
+
+def test_damaged_dataset_and_directory_as_file(tmp_path):
+    from datasets import Dataset, DatasetDict
+
+    DatasetDict({"train": Dataset.from_dict({"sentence": ["a", "b"] * 20, "label": [0, 1] * 20})}).save_to_disk(
+        str(tmp_path / "ds"))
+    arrow = next((tmp_path / "ds" / "train").glob("*.arrow"))
+    arrow.write_bytes(arrow.read_bytes()[:200])
+    with pytest.raises(DataError, match=r"ds cannot be loaded as a saved dataset .* write it again") as e:
+        Task("t", {}, 2, dataset=str(tmp_path / "ds")).load("train")
+    _one_line(e)
+    with pytest.raises(DataError, match="is a directory; give the TSV/CSV/JSONL file"):
+        Task("t", {"train": str(tmp_path / "ds")}, 2).load("train")
 
 def test_chain_validate_reports_bad_data_in_one_line(tmp_path, tiny_bert_dir):
     """End to end: `python -m chain validate` on a spec whose task file is broken: exit 2, one line."""
@@ -319,24 +354,3 @@ def test_swapped_head_without_names_gets_generic_labels(tmp_path, tiny_bert_dir)
     assert model.config.id2label == {0: "x", 1: "y"}
     assert swap_head_(model, tmp_path, "old") and model.config.id2label == {0: "LABEL_0", 1: "LABEL_1"}
 
-
-def test_evaluation_only_task_needs_labels_for_names(tmp_path):
-    """A task with a dev split only (sensitivity reports): ids work as before, names need `labels`."""
-    ids = {"dev": _write(tmp_path / "ids.tsv", [(1, "good"), (0, "bad")], "tsv")}
-    assert Task("t", ids, 2).load("dev").labels == [1, 0]
-    named = {"dev": _write(tmp_path / "named.tsv", [("pos", "good"), ("neg", "bad")], "tsv")}
-    with pytest.raises(DataError, match="no train split to read the label names from"):
-        Task("t", named, 2).load("dev")
-    assert Task("t", named, labels=["pos", "neg"]).load("dev").labels == [0, 1]
-
-
-def test_number_labels_ids_as_pandas_writes_them_and_scores_refused(tmp_path):
-    floats = {"train": _write(tmp_path / "f.csv", [("1.0", "good"), ("0.0", "bad")], "csv")}
-    assert Task("t", floats, 2).load("train").labels == [1, 0]
-    scores = {"train": _write(tmp_path / "s.jsonl", [(3.8, "good"), (1.2, "bad")], "jsonl")}
-    with pytest.raises(DataError, match=r"s.jsonl line 1: label 3.8 is a fractional number"):
-        Task("t", scores, 2).load("train")
-    nan = tmp_path / "n.jsonl"
-    nan.write_text('{"sentence": "a", "label": 1}\n{"sentence": "b", "label": NaN}\n')
-    with pytest.raises(DataError, match=r"n.jsonl line 2: no label"):
-        Task("t", {"train": str(nan)}, 2).load("train")
