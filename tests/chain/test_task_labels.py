@@ -205,7 +205,8 @@ BAD = {
                        r"d.tsv line 2: a field is longer than 131,072 characters .* shorten"),
     "latin1": ("d.tsv", "label\tsentence\n0\tok\n1\tcaf\u00e9\n".encode("latin-1"),
                r"d.tsv line 3 is not UTF-8 \(byte 0xe9\); save the file as UTF-8"),
-    "binary": ("d.csv", b"\x1f\x8b\x08\x00\x00\x00\x00\x00\x00\x03", r"d.csv line 1 holds a NUL byte: the file is binary"),
+    "binary": ("d.csv", b"\x1f\x8b\x08\x00\x00\x00\x00\x00\x00\x03",  # a gzip header
+               r"d.csv line 1 holds a NUL byte: the file is binary"),
     "empty": ("d.tsv", b"", r"d.tsv is empty; give a header row"),
     "blank": ("d.csv", b"\n \n", r"d.csv is empty"),
     "header_only": ("d.tsv", b"label\tsentence\n", r"d.tsv has no data rows"),
