@@ -35,7 +35,7 @@ def _text(path: Path) -> str:
     except OSError as e:
         raise DataError(f"{path} cannot be read ({e.strerror}); check the path and its permissions") from None
     if not data.strip():
-        raise DataError(f"{path} is empty; give a header row and one example per line")
+        raise DataError(f"{path} is empty (no header, no data rows); give a header row and one example per line")
     if b"\x00" in data:
         line = data[:data.index(b"\x00")].count(b"\n") + 1
         raise DataError(f"{path} line {line} holds a NUL byte: the file is binary (compressed? a model file?), "

@@ -207,7 +207,7 @@ BAD = {
                r"d.tsv line 3 is not UTF-8 \(byte 0xe9\); save the file as UTF-8"),
     "binary": ("d.csv", b"\x1f\x8b\x08\x00\x00\x00\x00\x00\x00\x03",  # a gzip header
                r"d.csv line 1 holds a NUL byte: the file is binary"),
-    "empty": ("d.tsv", b"", r"d.tsv is empty; give a header row"),
+    "empty": ("d.tsv", b"", r"d.tsv is empty \(no header, no data rows\); give a header row"),
     "blank": ("d.csv", b"\n \n", r"d.csv is empty"),
     "header_only": ("d.tsv", b"label\tsentence\n", r"d.tsv has no data rows"),
     "no_label_column": ("d.csv", b"y,sentence\n0,x\n", r"d.csv has no column 'label' \(columns: \['sentence', 'y'\]\); "
