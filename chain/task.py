@@ -184,30 +184,45 @@ class Task:
         return parts
 
     def check(self) -> dict[str, int]:
-        """Read every split; raise ``DataError`` on anything a fine-tune would trip over.
+        """Read every split; raise ``DataError`` on anything a fine-tune would trip over
+        (the first of ``problems()``). Returns the number of examples per split."""
+        sizes, problems = self._survey()
+        if problems:
+            raise DataError(problems[0])
+        return sizes
 
-        Returns the number of examples per split.
-        """
-        sizes, label_sets = {}, {}
+    def problems(self) -> list[str]:
+        """Every problem ``check()`` would raise, one line each: at most one per split (its
+        first bad line), then the checks across splits. For a validator that reports all."""
+        return self._survey()[1]
+
+    def _survey(self) -> tuple[dict[str, int], list[str]]:
+        sizes, label_sets, problems = {}, {}, []
         for split in SPLITS:
             if self.has_split(split):
-                data = self.load(split)
+                try:
+                    data = self.load(split)
+                except DataError as e:  # the same label-space error can reach every split once
+                    problems += [str(e)] if str(e) not in problems else []
+                    continue
                 sizes[split], label_sets[split] = len(data), set(data.labels)
-        if "train" not in sizes:
-            raise DataError(f"task {self.name!r} has no train split; give a `train` (or `all`) file")
-        if "test" not in sizes:
-            raise DataError(f"task {self.name!r} has no test split; give a `test` file or a `holdout` for it")
+        if not self.has_split("train"):
+            problems.append(f"task {self.name!r} has no train split; give a `train` (or `all`) file")
+        if not self.has_split("test"):
+            problems.append(f"task {self.name!r} has no test split; give a `test` file or a `holdout` for it")
+        if "train" not in label_sets:
+            return sizes, problems
         names = self.id2label()
         if len(label_sets["train"]) < 2:
-            raise DataError(f"task {self.name!r}: the train split has a single label "
+            problems.append(f"task {self.name!r}: the train split has a single label "
                             f"{[names[i] for i in sorted(label_sets['train'])]}; a classifier needs at least two")
         for split in ("dev", "test"):
             unseen = label_sets.get(split, set()) - label_sets["train"]
             if unseen:
                 shown = sorted(unseen) if self.label_names() is None else [names[i] for i in sorted(unseen)]
-                raise DataError(f"task {self.name!r}: label(s) {shown} occur in the {split} split but never "
+                problems.append(f"task {self.name!r}: label(s) {shown} occur in the {split} split but never "
                                 "in train; the model cannot learn them (fix the split or the labels)")
-        return sizes
+        return sizes, problems
 
     def _dataset_splits(self) -> dict[str, str]:
         """chainpress split -> the saved DatasetDict's split name."""

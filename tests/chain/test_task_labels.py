@@ -256,6 +256,20 @@ def test_damaged_dataset_and_directory_as_file(tmp_path):
     with pytest.raises(DataError, match="is a directory; give the TSV/CSV/JSONL file"):
         Task("t", {"train": str(tmp_path / "ds")}, 2).load("train")
 
+def test_problems_lists_every_split_at_once(tmp_path):
+    """For `chain validate` reporting everything: each broken split once, then the cross-split checks."""
+    files = {"train": _write(tmp_path / "tr.tsv", [("pos", "a"), ("neg", "b")], "tsv"),
+             "dev": _write(tmp_path / "dv.tsv", [("pos", "a"), ("pos", "")], "tsv"),
+             "test": _write(tmp_path / "te.tsv", [("meh", "c")], "tsv")}
+    t = Task("t", files, labels=["neg", "pos", "meh"])
+    problems = t.problems()
+    assert len(problems) == 2 and "dv.tsv line 3: empty text" in problems[0]
+    assert "label(s) ['meh'] occur in the test split but never in train" in problems[1]
+    with pytest.raises(DataError, match="dv.tsv line 3"):
+        t.check()
+    assert Task("t", {"test": files["test"]}, labels=["meh", "x"]).problems() == [
+        "task 't' has no train split; give a `train` (or `all`) file"]
+
 def test_chain_validate_reports_bad_data_in_one_line(tmp_path, tiny_bert_dir):
     """End to end: `python -m chain validate` on a spec whose task file is broken: exit 2, one line."""
     good = _write(tmp_path / "test.tsv", [(0, "a"), (1, "b")], "tsv")
