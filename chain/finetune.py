@@ -27,7 +27,7 @@ from typing import ClassVar
 
 from .artifact import Artifact
 from .errors import SpecError, TrainingError
-from .heads import copy_heads, load_head, reinit_head_, save_head, set_head_
+from .heads import copy_heads, load_head, reinit_head_, save_head, set_head_, set_labels_
 from .model import load_model, load_tokenizer
 from .registry import register_stage
 from .stage import RunContext, Stage
@@ -403,15 +403,17 @@ class FineTune(Stage):
         final = trainer.model
         if cfg.lora is not None:
             final = final.merge_and_unload()  # plain weights: compression stages see a normal model
+        names = task.label_names()  # id2label in config.json: pipeline() and ORTModel answer with names
+        set_labels_(final, names, task.num_labels)
         if trainer.is_world_process_zero():
             # save_pretrained, not trainer.save_model: the latter also pickles training_args.bin
             final.save_pretrained(out_dir, safe_serialization=True)
             tok.save_pretrained(out_dir)
             copy_heads(parent.path, out_dir, skip=task.name)
-            save_head(final, out_dir, task.name)
+            save_head(final, out_dir, task.name, labels=names)
             shutil.rmtree(scratch, ignore_errors=True)
-        return {"format": "hf", "num_labels": task.num_labels, "task": task.to_dict(),
-                "task_fingerprint": task.fingerprint(),
+        return {"format": "hf", "num_labels": task.num_labels, "labels": list(final.config.id2label.values()),
+                "task": task.to_dict(), "task_fingerprint": task.fingerprint(),
                 "train": {"loss": out.training_loss, "steps": out.global_step, "examples": len(train),
                           "dev_accuracy": dev_metrics.get("eval_accuracy"), "dev_examples": len(dev),
                           "frozen_params": frozen, "trainable_params": trainable, "head": head,

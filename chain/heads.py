@@ -9,12 +9,17 @@ then serves every task of its chain.
 
 The head is every parameter outside the base model (``model.base_model_prefix``):
 ``classifier.*`` for BERT, ``pre_classifier.*`` + ``classifier.*`` for DistilBERT.
+A head file also records its task's label names (safetensors metadata), so swapping a
+head swaps ``config.id2label`` with it: Subj's head answers subjective/objective, not
+SST-2's negative/positive, though both have two outputs.
 
->>> save_head(model, out_dir, "sst2")
->>> set_head_(model, load_head(artifact.path, "subj"))   # model now predicts Subj's 2 labels
+>>> save_head(model, out_dir, "sst2", labels=["negative", "positive"])
+>>> swap_head_(model, artifact.path, "subj")   # now predicts Subj's 2 labels, by name
+True
 """
 from __future__ import annotations
 
+import json
 import re
 import shutil
 from pathlib import Path
@@ -39,13 +44,27 @@ def head_path(artifact_dir: Path, task: str) -> Path:
     return Path(artifact_dir) / HEADS_DIR / f"{_safe(task)}.safetensors"
 
 
-def save_head(model, artifact_dir: Path, task: str) -> Path:
+def save_head(model, artifact_dir: Path, task: str, labels: list[str] | None = None) -> Path:
+    """Write the head of ``model`` for ``task``; ``labels`` (class names in id order) travel with it."""
     from safetensors.torch import save_file
 
     path = head_path(artifact_dir, task)
     path.parent.mkdir(parents=True, exist_ok=True)
-    save_file(head_state(model), str(path), metadata={"task": task})
+    meta = {"task": task, **({"labels": json.dumps(list(labels))} if labels is not None else {})}
+    save_file(head_state(model), str(path), metadata=meta)
     return path
+
+
+def head_labels(artifact_dir: Path, task: str) -> list[str] | None:
+    """The label names saved with ``task``'s head (None: no head, or one saved without names)."""
+    path = head_path(artifact_dir, task)
+    if not path.is_file():
+        return None
+    from safetensors import safe_open
+
+    with safe_open(str(path), framework="pt") as f:
+        raw = (f.metadata() or {}).get("labels")
+    return json.loads(raw) if raw else None
 
 
 def load_head(artifact_dir: Path, task: str) -> dict | None:
@@ -74,8 +93,20 @@ def copy_heads(src_dir: Path, dst_dir: Path, skip: str | None = None) -> list[st
     return copied
 
 
-def set_head_(model, state: dict, num_labels: int | None = None) -> None:
-    """Load a head into ``model`` in place, resizing linear layers whose shape differs."""
+def set_labels_(model, labels: list[str] | None, num_labels: int | None = None) -> None:
+    """``config.id2label``/``label2id`` from class names in id order (``LABEL_i`` if None)."""
+    n = len(labels) if labels is not None else (num_labels or model.config.num_labels)
+    names = list(labels) if labels is not None else [f"LABEL_{i}" for i in range(n)]
+    model.config.id2label = dict(enumerate(names))
+    model.config.label2id = {name: i for i, name in enumerate(names)}
+    model.num_labels = model.config.num_labels = n  # used by the loss only; logits follow the weights
+
+
+def set_head_(model, state: dict, num_labels: int | None = None, labels: list[str] | None = None) -> None:
+    """Load a head into ``model`` in place, resizing linear layers whose shape differs.
+
+    ``labels`` name its classes; without them a swapped head gets ``LABEL_i``, never the
+    names of the head it replaced."""
     import torch
     from torch import nn
 
@@ -93,8 +124,26 @@ def set_head_(model, state: dict, num_labels: int | None = None) -> None:
             module = new
         with torch.no_grad():
             getattr(module, attr).copy_(tensor)
-    if num_labels is not None:  # used by the loss only; logits follow the weights
-        model.num_labels = model.config.num_labels = num_labels
+    if labels is not None and num_labels is not None and len(labels) != num_labels:
+        raise ValueError(f"{len(labels)} label names for a head of {num_labels} labels")
+    if labels is not None or num_labels is not None:
+        set_labels_(model, labels, num_labels)
+
+
+def swap_head_(model, artifact_dir: Path, task: str) -> bool:
+    """Put ``task``'s saved head and its label names on ``model``; False if there is none."""
+    state = load_head(artifact_dir, task)
+    if state is None:
+        return False
+    labels = head_labels(artifact_dir, task)
+    set_head_(model, state, num_labels=None if labels else _outputs(state), labels=labels)
+    return True
+
+
+def _outputs(state: dict) -> int:
+    """Number of classes of a head state: the rows of its last weight matrix."""
+    weights = [v for k, v in state.items() if k.endswith("weight") and v.dim() == 2]
+    return int(weights[-1].shape[0])
 
 
 def reinit_head_(model) -> None:

@@ -56,7 +56,7 @@ def test_empty_file(tmp_path):
         Task("t", {"train": str(p)}, 2).load("train")
 
 
-@pytest.mark.parametrize("label,msg", [("pos", "not an integer"), ("7", "outside 0..1")])
+@pytest.mark.parametrize("label,msg", [("pos", "mixes integer ids with names"), ("7", "outside 0..1")])
 def test_bad_labels(tmp_path, label, msg):
     p = write_tsv(tmp_path / "a.tsv", [(0, "fine"), (label, "x")])
     with pytest.raises(DataError, match=f"line 3.*{msg}"):
