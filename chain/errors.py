@@ -33,3 +33,14 @@ class SpecErrors(SpecError):
         self.errors = list(errors)
         super().__init__(self.errors[0] if len(self.errors) == 1 else
                          f"{len(self.errors)} problems:\n" + "\n".join(f"  - {e}" for e in self.errors))
+
+
+def many(errors: list[str], cls: type = SpecError) -> ChainpressError:
+    """One exception for several problems: ``cls`` when all of them are of that kind (a data
+    error stays a ``DataError``), else ``SpecErrors``; ``.errors`` lists them."""
+    if cls is SpecError or len(errors) == 1:
+        e = SpecErrors(errors) if cls is SpecError else cls(errors[0])
+    else:
+        e = cls(f"{len(errors)} problems:\n" + "\n".join(f"  - {x}" for x in errors))
+    e.errors = list(errors)
+    return e

@@ -19,7 +19,7 @@ from dataclasses import asdict, dataclass
 
 from .artifact import MANIFEST, Artifact, save_manifest
 from .errors import SpecError
-from .heads import load_head, set_head_
+from .heads import swap_head_
 from .task import Task
 
 
@@ -100,10 +100,7 @@ class Evaluator:
         out = {}
         for t in sorted(tasks, key=lambda t: t != own):  # own task first: its head is the loaded one
             task = self.tasks[t]
-            head = load_head(artifact.path, t)
-            if head is not None:
-                set_head_(model, head, task.num_labels)
-            elif t != own:
+            if not swap_head_(model, artifact.path, t) and t != own:
                 out[t] = {"accuracy": None, "examples": 0, "note": f"the artifact carries no head for {t}"}
                 continue
             pred = torch_predictor(model, artifact.name)

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field, fields, is_dataclass
 from pathlib import Path
 from typing import Any
 
-from .errors import ChainpressError, SpecError, SpecErrors
+from .errors import ChainpressError, DataError, SpecError, SpecErrors, many
 from .evaluate import EvalConfig
 from .gates import GateConfig
 from .registry import config_class, stage_class
@@ -29,7 +29,7 @@ from .task import BUILTIN, Task, builtin_task
 TOP_KEYS = ("name", "model", "output", "seed", "tasks", "defaults", "gate", "eval", "baseline", "decontaminate", "stages",
             "trust_remote_code")
 STAGE_KEYS = ("name", "type", "task", "parent", "config", "gate")
-TASK_KEYS = ("builtin", "files", "dataset", "splits", "num_labels", "text_column", "label_column", "holdout",
+TASK_KEYS = ("builtin", "files", "dataset", "splits", "num_labels", "labels", "text_column", "label_column", "holdout",
              "holdout_seed")
 
 
@@ -203,8 +203,6 @@ def _task(name: str, data, base: Path) -> Task:
                       for k, v in coerce(d["files"], dict, f"{where}.files").items()}
     if "dataset" in d:
         d["dataset"] = _resolve(base, coerce(d["dataset"], str, f"{where}.dataset"))
-    if "num_labels" not in d:
-        raise SpecError(f"{where}: `num_labels` is required for a task read from files or a dataset")
     return build_dataclass(Task, {"name": name, "files": {}, **d}, where)
 
 
@@ -372,12 +370,12 @@ def check_inputs(spec: ChainSpec) -> dict[str, dict[str, int]]:
     sizes = {}
     for name in spec.tasks:
         if name in used:
-            try:
-                sizes[name] = spec.tasks[name].check()
-            except ChainpressError as e:
-                errors.append(f"tasks.{name}: {e}")
-                kinds.append(type(e))
+            problems = spec.tasks[name].problems()  # every data problem of the task, one line each
+            if problems:
+                errors += [f"tasks.{name}: {p}" for p in problems]
+                kinds += [DataError] * len(problems)
                 continue
+            sizes[name] = spec.tasks[name].check()
             if spec.eval.split not in sizes[name]:
                 errors.append(f"tasks.{name}: eval.split is {spec.eval.split!r} but the task has no such split")
     for i, st in enumerate(spec.stages):
@@ -401,10 +399,9 @@ def check_inputs(spec: ChainSpec) -> dict[str, dict[str, int]]:
         check_lineage(spec, source.format, src_task)
     except SpecErrors as e:
         errors += e.errors
-    if len(errors) == 1 and kinds and kinds[0] is not SpecError and len(kinds) == 1:
-        raise kinds[0](errors[0])
     if errors:
-        raise SpecErrors(errors)
+        same = len(kinds) == len(errors) and len(set(kinds)) == 1
+        raise many(errors, kinds[0] if same else SpecError)
     return sizes
 
 
