@@ -25,13 +25,15 @@ def parser(prog: str = "python -m bench") -> argparse.ArgumentParser:
     p.add_argument("--version", action="version", version=f"chainpress {version()}")
     p.add_argument("--spec", type=Path, help="a chain spec to run and time instead of the default chain")
     p.add_argument("--model", help="Hugging Face model directory (default: the embedded all-MiniLM-L6-v2)")
+    p.add_argument("--finetuned", action="store_true", help="--model is already fine-tuned for the task: make it "
+                   "the reference row and compress it as it is (no training stage)")
     p.add_argument("--task", help="built-in task for every fine-tune stage: sst2 (default), sst5, subj, trec")
     p.add_argument("--train", help="your own train file (TSV/CSV/JSONL); needs --test too")
     p.add_argument("--dev", help="your own dev file (default: a seeded 10%% of train)")
     p.add_argument("--test", help="your own test file")
     p.add_argument("--text-column", default="sentence", help="(default: sentence)")
     p.add_argument("--label-column", default="label", help="(default: label)")
-    p.add_argument("--num-labels", type=positive_int, default=2, help="(default: 2)")
+    p.add_argument("--num-labels", type=positive_int, help="classes, for integer label ids (names are counted)")
     p.add_argument("--quick", action="store_true", help="1600 training and 300 test sentences: a ~3 min smoke test")
     p.add_argument("--epochs", type=float, help="epochs of every fine-tune stage (default: 3, recovery 2; quick 1)")
     p.add_argument("--reference", help="the stage speedups are measured against (default: finetune)")
@@ -53,7 +55,8 @@ def build_config(a: argparse.Namespace):
     return BenchConfig(output=a.output, spec=a.spec, model=a.model, task=a.task, files=files,
                        text_column=a.text_column, label_column=a.label_column, num_labels=a.num_labels,
                        quick=a.quick, epochs=a.epochs, threads=a.threads or default_threads(),
-                       peers=not a.no_peers, trust_remote_code=a.trust_remote_code, reference=a.reference)
+                       peers=not a.no_peers, trust_remote_code=a.trust_remote_code, reference=a.reference,
+                       finetuned=a.finetuned)
 
 
 def main(argv=None, prog: str = "python -m bench") -> int:

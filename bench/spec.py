@@ -35,7 +35,7 @@ class BenchConfig:
     files: dict[str, str] | None = None  # your own train/dev/test files instead of a built-in task
     text_column: str = "sentence"
     label_column: str = "label"
-    num_labels: int = 2
+    num_labels: int | None = None  # None: inferred from label names (integer ids need it)
     quick: bool = False
     epochs: float | None = None  # every fine-tune stage's epochs
     threads: int = field(default_factory=default_threads)  # 2, or the cores there are
@@ -43,6 +43,7 @@ class BenchConfig:
     trust_remote_code: bool = False
     reference: str | None = None  # the reference stage; None = REFERENCE for the default chain
     measure: object | None = None  # a bench.harness.MeasureConfig; None = the preset for `quick`
+    finetuned: bool = False  # `model` is already fine-tuned for the task: use it as is, train nothing
 
 
 def default_model_path() -> str:
@@ -84,10 +85,13 @@ def bench_raw(cfg: BenchConfig) -> tuple[dict, Path]:
         if cfg.files is not None:
             raw.setdefault("tasks", {})["custom"] = {
                 "files": {k: str(Path(v).expanduser().resolve()) for k, v in cfg.files.items()},
-                "num_labels": cfg.num_labels, "text_column": cfg.text_column, "label_column": cfg.label_column}
+                "text_column": cfg.text_column, "label_column": cfg.label_column,
+                **({"num_labels": cfg.num_labels} if cfg.num_labels is not None else {})}
         for st in raw["stages"]:
             if isinstance(st, dict) and "task" in st:
                 st["task"] = new
+    if cfg.finetuned:
+        _use_as_is(raw, cfg)
     if not cfg.peers:
         raw["stages"] = [s for s in raw["stages"] if not str(s.get("type", "")).startswith("peer_")]
     ft = raw.setdefault("defaults", {}).setdefault("finetune", {})
@@ -110,6 +114,37 @@ def bench_raw(cfg: BenchConfig) -> tuple[dict, Path]:
     return raw, path.parent
 
 
+def _use_as_is(raw: dict, cfg: BenchConfig) -> None:
+    """The chain for a model that is already fine-tuned: its reference stage becomes
+    ``use_model`` (named ``model``), and every stage that would train (a fine-tune, the
+    recovery after pruning) is dropped with the stages built on it."""
+    from chain.link import model_label_names
+    from chain.model import read_config
+    from chain.registry import stage_class
+
+    if not cfg.model:
+        raise SpecError("--finetuned needs --model DIR: the directory of your fine-tuned model")
+    stages, dropped, ref = [], set(), None
+    for i, st in enumerate(raw["stages"]):
+        parent = st.get("parent") or (raw["stages"][i - 1]["name"] if i else "source")
+        if ref is None and stage_class(st["type"]).trains_on_task:
+            ref = st["name"]
+            stages.append({"name": "model", "type": "use_model", "task": st.get("task"), "parent": "source"})
+            continue
+        if stage_class(st["type"]).trains_on_task or parent in dropped:
+            dropped.add(st["name"])
+            continue
+        st = {**st, "parent": "model" if parent == ref else parent}
+        stages.append(st)
+    if ref is None:
+        raise SpecError("--finetuned: the chain has no fine-tune stage to replace with your model")
+    raw["stages"] = stages
+    names = model_label_names(read_config(Path(cfg.model).expanduser()))
+    custom = (raw.get("tasks") or {}).get("custom")
+    if names and custom is not None and "labels" not in custom:
+        custom["labels"] = names  # the model's own order: its id i is the task's label i
+
+
 def bench_spec(cfg: BenchConfig) -> ChainSpec:
     raw, base = bench_raw(cfg)
     spec = parse_spec(raw, base, source=str(cfg.spec or DEFAULT_CHAIN))
@@ -123,6 +158,8 @@ def bench_spec(cfg: BenchConfig) -> ChainSpec:
 def reference_of(cfg: BenchConfig, spec: ChainSpec) -> str:
     if cfg.reference:
         return cfg.reference
+    if cfg.finetuned:
+        return "model"
     if cfg.spec is None:
         return REFERENCE
     first = next((s for s in spec.stages if s.stage_cls.trains_on_task), None) or spec.stages[0]

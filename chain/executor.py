@@ -164,6 +164,7 @@ class ChainRun:
                 fields = st.build(config).run(parent.artifact, tmp, ctx) or {}
                 pause_point(f"saved:{st.name}")
                 fields.setdefault("num_labels", parent.artifact.manifest.get("num_labels"))
+                fields.setdefault("labels", parent.artifact.manifest.get("labels"))
                 fields.setdefault("task", ctx.task.to_dict() if ctx.task else parent.artifact.manifest.get("task"))
                 if not cls.trains_on_task and fields.get("format") in ("hf", "torch-int8"):
                     copy_heads(parent.artifact.path, tmp)  # same encoder family: earlier heads still apply
@@ -225,7 +226,7 @@ class ChainRun:
         parent_acc = {t: r["accuracy"] for t, r in self.measure(parent).items()}
         row = StageRecord(st.name, st.type, Status.OK, task=own, parent=parent.name, peer=cls.peer,
                           gate=dataclasses.asdict(gate) if gate else None, parent_accuracy=parent_acc,
-                          format=cls.output_format)
+                          format=cls.output_format_for(parent.artifact.format))
         for i, config in enumerate(configs):
             att = self.attempt(st, config, parent, force, k)
             rec = {"key": att.key, "cached": att.cached, "wall_time_s": round(att.wall_time_s, 1)}

@@ -285,7 +285,8 @@ def check_lineage(spec: "ChainSpec", source_format: str, source_task: str | None
         parent = st.parent or prev
         prev = st.name
         cls, pfmt = st.stage_cls, fmt.get(parent)
-        fmt[st.name], task[st.name] = cls.output_format, st.task or task.get(parent)
+        fmt[st.name] = cls.output_format_for(pfmt) if pfmt else cls.output_format
+        task[st.name] = st.task or task.get(parent)
         if pfmt is not None and pfmt not in cls.parent_formats:
             made_by = "the source model" if parent == "source" else f"stage {parent!r}"
             errors.append(f"{where}.parent: a {st.type} stage reads {' or '.join(cls.parent_formats)} models, but "

@@ -71,6 +71,11 @@ class Stage:
     config: Any
 
     @classmethod
+    def output_format_for(cls, parent_format: str) -> str:
+        """The format this stage makes from a parent of ``parent_format``."""
+        return cls.output_format
+
+    @classmethod
     def task_needed(cls, config) -> bool:
         """Whether this configuration calibrates or measures on a task (default: ``needs_task``)."""
         return cls.needs_task

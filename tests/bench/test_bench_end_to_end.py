@@ -16,7 +16,7 @@ def _cli(*args, cwd=REPO):
 
 
 def test_tiny_end_to_end(tiny_bert_dir, small_task_files, tmp_path):
-    a = parser().parse_args(["--model", str(tiny_bert_dir), "--train", str(small_task_files["train"]),
+    a = parser().parse_args(["--model", str(tiny_bert_dir), "--num-labels", "2", "--train", str(small_task_files["train"]),
                "--dev", str(small_task_files["dev"]), "--test", str(small_task_files["test"]),
                "--output", str(tmp_path / "out"), "--quick", "--threads", "1", "--no-peers"])  # peers: tests/bench
     res = run_bench(build_config(a), log=lambda *_: None, quiet=True)
@@ -56,20 +56,20 @@ def _one_line_error(p, *needles):
 
 
 def test_cli_missing_data_file(tmp_path):
-    _one_line_error(_cli("--train", str(tmp_path / "nope.tsv"), "--test", str(tmp_path / "nope.tsv"),
+    _one_line_error(_cli("--num-labels", "2", "--train", str(tmp_path / "nope.tsv"), "--test", str(tmp_path / "nope.tsv"),
                          "--output", str(tmp_path / "o")), "not found", "nope.tsv")
 
 
 def test_cli_missing_label_column(tmp_path):
     f = write_tsv(tmp_path / "d.tsv", [(1, "great")], header=("polarity", "sentence"))
-    _one_line_error(_cli("--train", str(f), "--test", str(f), "--output", str(tmp_path / "o")),
+    _one_line_error(_cli("--num-labels", "2", "--train", str(f), "--test", str(f), "--output", str(tmp_path / "o")),
                     "no column 'label'", "label_column")
 
 
 def test_cli_empty_file(tmp_path):
     f = tmp_path / "e.tsv"
     f.write_text("")
-    _one_line_error(_cli("--train", str(f), "--test", str(f), "--output", str(tmp_path / "o")), "no data rows")
+    _one_line_error(_cli("--num-labels", "2", "--train", str(f), "--test", str(f), "--output", str(tmp_path / "o")), "no data rows")
 
 
 def test_cli_unknown_model_path(tmp_path):

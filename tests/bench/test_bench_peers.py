@@ -20,7 +20,7 @@ def tiny_run(tiny_bert_dir, tmp_path_factory):
         lines = (SST2 / f"{split}.tsv").read_text().splitlines()
         files[split] = d / f"{split}.tsv"
         files[split].write_text("\n".join(lines[: n + 1]) + "\n")
-    a = parser().parse_args(["--model", str(tiny_bert_dir), "--train", str(files["train"]), "--test", str(files["test"]),
+    a = parser().parse_args(["--model", str(tiny_bert_dir), "--num-labels", "2", "--train", str(files["train"]), "--test", str(files["test"]),
                "--output", str(d / "out"), "--quick", "--threads", "1"])
     cfg = build_config(a)
     cfg.measure = MeasureConfig.quick(1)
