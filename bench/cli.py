@@ -7,6 +7,7 @@ imported only when that subcommand runs, so ``chainpress --help`` stays instant.
 from __future__ import annotations
 
 import importlib
+import inspect
 import sys
 
 from chain.cli import EXIT_BAD_INPUT, version
@@ -63,7 +64,8 @@ def main(argv=None) -> int:
         print(f"error: `chainpress {name}` is not available in this installation ({e})", file=sys.stderr)
         return EXIT_BAD_INPUT
     prog = "chainpress" if keep_name else f"chainpress {name}"
-    return int(fn(([name] if keep_name else []) + rest, prog=prog) or 0)
+    kwargs = {"prog": prog} if "prog" in inspect.signature(fn).parameters else {}
+    return int(fn(([name] if keep_name else []) + rest, **kwargs) or 0)
 
 
 if __name__ == "__main__":

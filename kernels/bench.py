@@ -1,4 +1,4 @@
-"""``python -m kernels.bench --out DIR``: time the fused kernels against PyTorch on a CUDA GPU.
+"""``python -m kernels.bench --output DIR``: time the fused kernels against PyTorch on a CUDA GPU.
 
 Every op is timed with ``triton.testing.do_bench`` (CUDA events, median) against eager
 PyTorch, ``torch.compile`` and, for the weight-only GEMMs, cuBLAS fp16 and bitsandbytes
