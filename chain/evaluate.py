@@ -25,7 +25,8 @@ from .task import Task
 
 @dataclass
 class EvalConfig:
-    split: str = "test"
+    split: str = "test"  # what results report (the forgetting matrix, bench's accuracy column)
+    gate_split: str | None = "dev"  # what gates, retries and rollbacks decide on; None = `split`
     max_length: int = 128
     batch_size: int = 64
     max_samples: int | None = None  # first N examples of each task's split (quick runs)
@@ -35,6 +36,8 @@ class EvalConfig:
     def __post_init__(self) -> None:
         if self.split not in ("dev", "test"):
             raise SpecError(f"eval.split must be 'dev' or 'test', got {self.split!r}")
+        if self.gate_split not in (None, "dev", "test"):
+            raise SpecError(f"eval.gate_split must be 'dev', 'test' or null, got {self.gate_split!r}")
         for name in ("max_length", "batch_size", "latency_samples", "max_samples", "threads"):
             v = getattr(self, name)
             if v is not None and v <= 0:
@@ -56,8 +59,12 @@ def write_manifest_fields(artifact: Artifact, **fields) -> None:
 
 
 class Evaluator:
-    def __init__(self, cfg: EvalConfig, tasks: dict[str, Task], trust_remote_code: bool = False):
-        self.cfg, self.tasks, self.trust_remote_code = cfg, tasks, trust_remote_code
+    """Accuracy on ``cfg.split``, cached in each manifest under ``store`` (the executor keeps
+    the gates' split in a second evaluator with its own store)."""
+
+    def __init__(self, cfg: EvalConfig, tasks: dict[str, Task], trust_remote_code: bool = False,
+                 store: str = "evaluations"):
+        self.cfg, self.tasks, self.trust_remote_code, self.store = cfg, tasks, trust_remote_code, store
         self._splits: dict = {}
         self._batches: dict = {}
 
@@ -69,14 +76,14 @@ class Evaluator:
 
     def accuracy(self, artifact: Artifact, tasks: list[str]) -> dict[str, dict]:
         """{task: {"accuracy": float | None, "examples": n, "note": why None}} (cached)."""
-        cached = artifact.manifest.get("evaluations", {})
+        cached = artifact.manifest.get(self.store, {})
         keys = {t: self.cfg.key(self.tasks[t]) for t in tasks}
         out = {t: cached[t] for t in tasks if cached.get(t, {}).get("eval_key") == keys[t]}
         todo = [t for t in tasks if t not in out]
         if todo:
             for t, res in self._measure(artifact, todo).items():
                 out[t] = {**res, "eval_key": keys[t]}
-            write_manifest_fields(artifact, evaluations={**cached, **{t: out[t] for t in todo}})
+            write_manifest_fields(artifact, **{self.store: {**cached, **{t: out[t] for t in todo}}})
         return {t: out[t] for t in tasks}
 
     def _batches_for(self, artifact: Artifact, task: str):

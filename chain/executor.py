@@ -117,6 +117,10 @@ class ChainRun:
         self.writer = writer or (lambda results: write_results(results, self.out))
         self.art_root = out / "artifacts"
         self.evaluator = Evaluator(spec.eval, spec.tasks, spec.trust_remote_code)
+        gate_split = spec.eval.gate_split or spec.eval.split
+        # gates decide on the dev split by default, so no decision of the chain reads test
+        self.gate_evaluator = self.evaluator if gate_split == spec.eval.split else Evaluator(
+            dataclasses.replace(spec.eval, split=gate_split), spec.tasks, spec.trust_remote_code, "gate_evaluations")
         self.t0 = time.perf_counter()
         self.done_s: list[float] = []  # wall time of each stage computed in this invocation
 
@@ -211,6 +215,11 @@ class ChainRun:
     def measure(self, node: Node) -> dict[str, dict]:
         return self.evaluator.accuracy(node.artifact, node.tasks) if node.tasks else {}
 
+    def gate_measure(self, node: Node) -> dict[str, float | None]:
+        if not node.tasks:
+            return {}
+        return {t: r["accuracy"] for t, r in self.gate_evaluator.accuracy(node.artifact, node.tasks).items()}
+
     # ---- one stage: attempts, evaluation, gate, decision -------------------------------
     def run_stage(self, st: StageSpec, parent: Node, force: bool, k: int = 0) -> tuple[StageRecord, Node | None, bool]:
         """-> (results row, the node downstream stages build on, stop the chain?)"""
@@ -223,7 +232,7 @@ class ChainRun:
             f, v = cls.retry_field, getattr(st.config, cls.retry_field)
             configs += [dataclasses.replace(st.config, **{f: v * gate.retry_lr_factor ** i})
                         for i in range(1, gate.retries + 1)]
-        parent_acc = {t: r["accuracy"] for t, r in self.measure(parent).items()}
+        parent_acc = self.gate_measure(parent) if gate is not None else {}
         row = StageRecord(st.name, st.type, Status.OK, task=own, parent=parent.name, peer=cls.peer,
                           gate=dataclasses.asdict(gate) if gate else None, parent_accuracy=parent_acc,
                           format=cls.output_format_for(parent.artifact.format))
@@ -247,11 +256,12 @@ class ChainRun:
                 row.status, row.reason = Status.SKIPPED, att.artifact.manifest["skip_reason"]
                 return row, None, False
             if att.diverged:
-                reasons, acc = [f"training diverged: {att.error}"], {}
+                reasons, acc, gate_acc = [f"training diverged: {att.error}"], {}, {}
             else:
                 node = Node(st.name, att.artifact, att.key, tasks, own)
                 try:
                     evals = self.measure(node)
+                    gate_acc = self.gate_measure(node) if gate is not None else {}
                     pause_point(f"evaluated:{st.name}")
                     latency = self.evaluator.latency(att.artifact, parent.artifact, own) \
                         if gate is not None and gate.needs_latency and own else None
@@ -262,12 +272,13 @@ class ChainRun:
                     row.status, row.reason = Status.FAILED, f"evaluation failed: {type(e).__name__}: {e}"
                     return row, None, gate is not None and gate.on_fail == "stop"
                 acc = {t: r["accuracy"] for t, r in evals.items()}
-                reasons = check_gate(gate, st.name, acc, parent_acc, own, latency and latency["p50_ms"])
-                row.accuracy_by_task, row.accuracy = acc, acc.get(own)
+                reasons = check_gate(gate, st.name, gate_acc, parent_acc, own, latency and latency["p50_ms"])
+                row.accuracy_by_task, row.accuracy, row.gate_accuracy = acc, acc.get(own), gate_acc
                 row.examples = (evals.get(own) or {}).get("examples")
                 row.notes = {t: r["note"] for t, r in evals.items() if r.get("note")}
                 row.gate_latency = latency
-            rec.update(status="passed" if not reasons else "gate_failed", reasons=reasons, accuracy=acc)
+            rec.update(status="passed" if not reasons else "gate_failed", reasons=reasons,
+                       accuracy=gate_acc if not att.diverged else {})
             if not reasons:
                 row.status, row.reason = (Status.CACHED if att.cached else Status.OK), ""
                 return row, node, False

@@ -42,7 +42,8 @@ class StageRecord:
     accuracy: float | None = None  # on `task`, eval split
     accuracy_by_task: dict[str, float | None] = field(default_factory=dict)  # every task of its lineage
     notes: dict[str, str] = field(default_factory=dict)  # why a task's accuracy is null
-    parent_accuracy: dict[str, float | None] = field(default_factory=dict)
+    gate_accuracy: dict[str, float | None] = field(default_factory=dict)  # on eval.gate_split (dev), gated stages
+    parent_accuracy: dict[str, float | None] = field(default_factory=dict)  # the parent's, on the same split
     gate: dict | None = None
     gate_latency: dict | None = None  # batch-1 p50 of stage and parent, when a gate has max_latency_ms
     attempts: list[dict] = field(default_factory=list)

@@ -379,6 +379,12 @@ def check_inputs(spec: ChainSpec) -> dict[str, dict[str, int]]:
             sizes[name] = spec.tasks[name].check()
             if spec.eval.split not in sizes[name]:
                 errors.append(f"tasks.{name}: eval.split is {spec.eval.split!r} but the task has no such split")
+            gated = any(s.gate is not None for s in spec.stages)  # a gate checks every task of its lineage
+            gsplit = spec.eval.gate_split or spec.eval.split
+            if gated and gsplit not in sizes[name]:
+                errors.append(f"tasks.{name}: gates decide on its {gsplit!r} split (eval.gate_split) and the task has "
+                              f"none; give it a {gsplit} file or a `holdout: {{{gsplit}: 0.1}}`, or set "
+                              "eval.gate_split: test")
     for i, st in enumerate(spec.stages):
         for j, ex in enumerate(getattr(st.config, "exclude", None) or []):
             where = f"stages[{i}] ({st.name}).config.exclude[{j}]"

@@ -54,7 +54,8 @@ class Task:
     num_labels: int | None = None
     text_column: str = "sentence"
     label_column: str = "label"
-    # Corpora without an official split (Subj): carve dev/test from "all" with a seeded holdout.
+    # Corpora without an official split (Subj): carve dev/test from "all" with a seeded holdout;
+    # with a `train` file and no `all`, the holdout (e.g. {"dev": 0.1}) is carved from train.
     holdout: dict[str, float] = field(default_factory=dict)
     holdout_seed: int = 13
     # A ``DatasetDict`` saved with ``save_to_disk``, instead of ``files``; ``splits`` maps
@@ -164,10 +165,13 @@ class Task:
     def _raw(self, split: str) -> Rows:
         if self.dataset:
             return self._read_dataset(split)
-        if split in self.files:
+        # a holdout carves its splits from `all`, else from `train` (TREC's dev)
+        pool = "all" if "all" in self.files else "train"
+        carved = self.holdout and pool in self.files and (split in self.holdout or split == "train")
+        if split in self.files and not (carved and split == pool):
             return read_file(Path(self.files[split]))
-        if "all" in self.files and (split in self.holdout or split == "train"):
-            full = read_file(Path(self.files["all"]))
+        if carved:
+            full = read_file(Path(self.files[pool]))
             idx = self._holdout_indices(len(full.records))[split]
             return Rows(full.where, full.unit, [full.records[i] for i in idx], [full.lines[i] for i in idx])
         raise DataError(f"no {split!r} split; give a file for it in `files`")
@@ -293,8 +297,9 @@ BUILTIN = {
                              {s: f"{s}.tsv" for s in SPLITS}),
     "subj": lambda: _builtin("subj", ["subjective", "objective"], {"all": "all.tsv"},
                              holdout={"dev": 0.1, "test": 0.1}),
+    # no official dev split: a seeded 10% of train, so gates and model selection never read test
     "trec": lambda: _builtin("trec", ["DESC", "ENTY", "ABBR", "HUM", "LOC", "NUM"],
-                             {"train": "train.tsv", "test": "test.tsv"}),
+                             {"train": "train.tsv", "test": "test.tsv"}, holdout={"dev": 0.1}),
 }
 
 
