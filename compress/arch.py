@@ -58,6 +58,7 @@ class Arch:
     ort_fusion: str | None = "bert"  # onnxruntime.transformers optimizer model_type, None = no fusion
     bert_blocks: bool = False  # blocks are structurally BERT's (what kernels.apply patches)
     no_prune: str | None = None  # why heads/FFN pruning is impossible here, with what to do instead
+    no_head_prune: str | None = None  # why heads (only) cannot be pruned here
     lora_targets: tuple[str, ...] = ()
 
     def full(self, model, path: str) -> str:
@@ -95,12 +96,17 @@ ARCHS: dict[str, Arch] = {a.model_type: a for a in (
          lora_targets=("query", "value")),
     Arch("mpnet", "MPNet", ("embeddings.word_embeddings",), ("embeddings",), "encoder.layer",
          Attention("attention.attn.q", "attention.attn.k", "attention.attn.v", "attention.attn.o",
-                   hf_prune="attention"), _BERT_FFN, _ROBERTA_HEAD, lora_targets=("q", "v")),
+                   hf_prune="attention"), _BERT_FFN, _ROBERTA_HEAD, lora_targets=("q", "v"),
+         no_head_prune="MPNet adds one relative-position bias with every head's slot to all layers, so a layer "
+                       "cannot lose heads; set `heads: 0` and prune `ffn` or `drop_layers`"),
     Arch("deberta-v2", "DeBERTa-v2", ("embeddings.word_embeddings",), ("embeddings",), "encoder.layer",
          Attention("attention.self.query_proj", "attention.self.key_proj", "attention.self.value_proj",
                    "attention.output.dense", head_dim_attr="attention_head_size",
                    extra_rows=("attention.self.pos_key_proj", "attention.self.pos_query_proj")),
-         _BERT_FFN, ("pooler.dense", "classifier"), lora_targets=("query_proj", "value_proj")),
+         _BERT_FFN, ("pooler.dense", "classifier"), lora_targets=("query_proj", "value_proj"),
+         no_head_prune="DeBERTa-v2 builds its attention output projection as hidden x hidden from the config, so "
+                       "a checkpoint with fewer heads cannot be reloaded; set `heads: 0` and prune `ffn` or "
+                       "`drop_layers`"),
     Arch("modernbert", "ModernBERT", ("embeddings.tok_embeddings",), ("embeddings",), "layers",
          Attention("attn.Wqkv", "attn.Wqkv", "attn.Wqkv", "attn.Wo"), FFN(("mlp.Wi",), "mlp.Wo"),
          ("head.dense", "classifier"), ort_fusion=None,
@@ -177,6 +183,8 @@ def check_stage(stage_type: str, model_config, stage_config=None) -> None:
         wants_structures = heads or ffn or any(v for ov in overrides.values() for v in ov.values())
         if arch.no_prune and (wants_structures or not arch.shared_layers):
             raise SpecError(f"pruning: {arch.no_prune}")
+        if arch.no_head_prune and (heads or any(ov.get("heads") for ov in overrides.values())):
+            raise SpecError(f"pruning heads: {arch.no_head_prune}")
         if not arch.attention.hf_prune and overrides:
             raise SpecError(f"{where} stores one head count and one FFN width for every layer; per-layer "
                             "`overrides` cannot be saved; drop `overrides` and give one fraction")

@@ -162,3 +162,40 @@ def upgrade_opset(model, target: int = 21) -> list[str]:
     if model.ir_version < 10:  # int4 tensors and opset 21 need IR 10
         model.ir_version = 10
     return rewritten
+
+
+def toposort(graph) -> None:
+    """Reorder ``graph.node`` so every input is produced before use (ORT's Gather quantizer
+    appends the nodes it creates at the end, which ``onnx.checker`` rejects)."""
+    ready = {i.name for i in graph.input} | {i.name for i in graph.initializer} | {""}
+    pending, ordered = list(graph.node), []
+    needs = {id(n): set(n.input) | _outer_inputs(n) for n in pending}
+    while pending:
+        rest = []
+        for node in pending:
+            if needs[id(node)] <= ready:
+                ordered.append(node)
+                ready.update(node.output)
+            else:
+                rest.append(node)
+        if len(rest) == len(pending):  # a cycle or a dangling input: leave it for the checker to name
+            ordered.extend(rest)
+            break
+        pending = rest
+    del graph.node[:]
+    graph.node.extend(ordered)
+
+
+def _outer_inputs(node) -> set[str]:
+    """Names an If/Loop/Scan body reads from the enclosing graph (implicit inputs)."""
+    from onnx import AttributeProto
+
+    found = set()
+    for a in node.attribute:
+        for g in ([a.g] if a.type == AttributeProto.GRAPH else list(a.graphs)):
+            local = {i.name for i in g.input} | {i.name for i in g.initializer} | {""}
+            for n in g.node:
+                local.update(n.output)
+            for n in g.node:
+                found |= (set(n.input) | _outer_inputs(n)) - local
+    return found

@@ -148,7 +148,7 @@ def quantize_gathers(path: Path, block_size: int) -> int:
     import onnx
     from onnxruntime.quantization.matmul_nbits_quantizer import MatMulNBitsQuantizer
 
-    from .onnx_graph import upgrade_opset
+    from .onnx_graph import toposort, upgrade_opset
 
     logging.getLogger("onnxruntime.quantization").setLevel(logging.ERROR)
     model = onnx.load(str(path))
@@ -157,5 +157,8 @@ def quantize_gathers(path: Path, block_size: int) -> int:
                              op_types_to_quantize=("Gather",), quant_axes=(("Gather", 1),))
     with np.errstate(divide="ignore", invalid="ignore"):  # all-zero blocks (scale 0) are handled by ORT
         q.process()
-    q.model.save_model_to_file(str(path), use_external_data_format=False)
+    # ORT's save_model_to_file re-sorts ignoring If-branch reads of outer values (DeBERTa's
+    # graph then fails onnx.checker); sort with those counted and save with onnx directly.
+    toposort(q.model.model.graph)
+    onnx.save(q.model.model, str(path))
     return sum(n.op_type == "GatherBlockQuantized" for n in q.model.model.graph.node)

@@ -20,7 +20,7 @@ from torch import nn
 
 from chain.errors import SpecError
 
-from .quantize import Int4WeightOnlyConfig, Int8DynamicConfig, body_skip, quantize_
+from .quantize import DEFAULT_SKIP, Int4WeightOnlyConfig, Int8DynamicConfig, body_skip, quantize_
 from .walker import linear_layers, set_module
 
 SCHEMES = ("int8", "int4")
@@ -32,7 +32,7 @@ class AccuracyAwareConfig:
     group_size: int = 32  # int4 only
     budget: float = 0.01  # largest allowed metric drop vs fp32, in metric units (0.01 = 1 accuracy point)
     max_kept: int | None = None  # at most this many layers restored to fp32; None = as many as needed
-    skip: tuple[str, ...] = ()  # never quantized, besides the architecture's head (always float)
+    skip: tuple[str, ...] = DEFAULT_SKIP  # never quantized, besides the architecture's head (always float)
     # Stage only: first N examples of the task's dev split are the metric (L + 2 + kept evaluations).
     eval_samples: int | None = 512
     # Stage only: embedding tables stored int8 by save_int8 (storage saving; re-measured after saving).

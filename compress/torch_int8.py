@@ -37,8 +37,9 @@ HEAD_REASON = "head: kept float (tiny, the most sensitive layer; chain.heads rea
 
 @dataclass
 class Int8DynamicConfig:
-    # Extra glob patterns of linear layers kept in fp32; the architecture's head always is.
-    skip: tuple[str, ...] = ()
+    # Glob patterns of linear layers kept in fp32, besides the architecture's head (always float;
+    # the default names BERT's head again, as specs written before compress.arch did).
+    skip: tuple[str, ...] = ("classifier", "*.classifier")
     # Embedding tables stored as per-row int8 and dequantized on load: a storage saving
     # only (PyTorch has no fast int8 gather), but MiniLM's word embeddings are half its size.
     # None = the architecture's token-embedding table(s); () = none.
