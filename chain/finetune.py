@@ -42,7 +42,9 @@ class LoraSettings:
     r: int = 8
     alpha: int = 16
     dropout: float = 0.1
-    target_modules: list[str] = field(default_factory=lambda: ["query", "value"])
+    # None = the architecture's attention Q/V projections (compress.arch: query/value for BERT,
+    # q_lin/v_lin for DistilBERT, q_proj/v_proj for Llama, c_attn for GPT-2, ...)
+    target_modules: list[str] | None = None
 
     def __post_init__(self) -> None:
         for name in ("r", "alpha"):
@@ -51,6 +53,8 @@ class LoraSettings:
                 raise SpecError(f"finetune.lora.{name} must be a positive integer, got {v!r}")
         if not 0 <= self.dropout < 1:
             raise SpecError(f"finetune.lora.dropout must be in [0, 1), got {self.dropout!r}")
+        if self.target_modules is None:
+            return
         if not self.target_modules or not all(isinstance(m, str) for m in self.target_modules):
             raise SpecError(f"finetune.lora.target_modules must be a list of module names, got {self.target_modules!r}")
         self.target_modules = list(self.target_modules)
@@ -225,15 +229,23 @@ class _Encoded:
 
 
 def freeze_(model, parts: list[str]) -> int:
-    """Set requires_grad=False on the named parts; return the number of frozen parameters."""
-    base = getattr(model, model.base_model_prefix, model)
+    """Set requires_grad=False on the named parts; return the number of frozen parameters.
+
+    Where the embeddings and the blocks live comes from the architecture's declaration
+    (``compress.arch``), so GPT-2 (``wte``/``wpe``, ``h``) and Llama (``embed_tokens``,
+    ``layers``) freeze like BERT.
+    """
+    from compress.arch import arch_for, check_stage
+
+    arch = arch_for(model)
+    check_stage("finetune", model.config, {"freeze": parts})
     modules = []
     for part in parts:
         if part == "embeddings":
-            modules.append(base.embeddings)
+            modules.extend(model.get_submodule(arch.full(model, p)) for p in arch.embedding_modules)
         else:
             k = int(part.split(":")[1])
-            layers = base.encoder.layer
+            layers = model.get_submodule(arch.full(model, arch.blocks))
             if k > len(layers):
                 raise SpecError(f"finetune.freeze: layers:{k} but the model has {len(layers)} layers")
             modules.extend(layers[:k])
@@ -328,8 +340,13 @@ def prepare_head_(model, parent: Artifact, task: Task, policy: str) -> str:
 def apply_lora(model, lora: LoraSettings):
     from peft import LoraConfig, TaskType, get_peft_model
 
+    targets = lora.target_modules
+    if targets is None:
+        from compress.arch import arch_for
+
+        targets = arch_for(model).lora_targets
     cfg = LoraConfig(task_type=TaskType.SEQ_CLS, r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout,
-                     target_modules=list(lora.target_modules))
+                     target_modules=list(targets))
     try:
         return get_peft_model(model, cfg)
     except ValueError as e:  # e.g. a target module name that does not exist

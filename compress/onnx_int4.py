@@ -6,6 +6,12 @@ MatMulNBits' B, ``scales`` and ``zeros`` its scales and packed zero points, so
 PyTorch, ONNX Runtime and the kernels run bit-identical codes. The word-embedding
 Gather can also go to 4 bits (ORT's ``GatherBlockQuantized``, via its own quantizer:
 there is no Triton counterpart to share a format with).
+
+Before quantizing, ``onnx_graph.prepare`` makes every weight a visible ``MatMul`` (Gemm and
+Identity-of-initializer rewritten, so GPT-2's Conv1D and ALBERT's shared layer on every
+pass are covered); the architecture's head stays fp32 and every fp32 weight is listed
+with its reason. The 4-bit Gather needs opset 21: ``onnx_graph.upgrade_opset`` rewrites
+the ops whose signature changed, and the result passes ``onnx.checker``.
 """
 from __future__ import annotations
 
@@ -56,23 +62,43 @@ def matmulnbits_node(name: str, a: str, out: str, w: Int4Weight, graph, helper) 
 
 
 def quantize_onnx_int4(src_dir: Path, out_dir: Path, config: OrtInt4Config = OrtInt4Config()) -> dict:
+    import json
+
     import onnx
     from onnx import helper, numpy_helper
 
+    from .arch import arch_for
+    from .onnx_graph import float_layers, head_nodes, prepare, require_body_quantized
+
+    arch = arch_for(json.loads((src_dir / "config.json").read_text()))
     model = onnx.load(str(src_dir / "model.onnx"))
+    prep = prepare(model)
+    before = onnx.ModelProto()
+    before.CopyFrom(model)
     graph = model.graph
+    heads = set(head_nodes(graph, arch))
     inits = {i.name: i for i in graph.initializer}
     uses: dict[str, int] = {}
     for node in graph.node:
         for i in node.input:
             uses[i] = uses.get(i, 0) + 1
-    new_nodes, replaced, kept = [], [], []
+    new_nodes, replaced, reasons = [], [], {}
     for node in graph.node:
         w_name = node.input[1] if node.op_type == "MatMul" and len(node.input) == 2 else None
         init = inits.get(w_name) if w_name else None
-        if init is None or len(init.dims) != 2 or init.dims[0] % config.group_size or node.name in config.exclude:
-            if init is not None:
-                kept.append(node.name)
+        why = None
+        if init is not None:
+            if len(init.dims) != 2:
+                why = "weight is not a 2-D matrix"
+            elif node.name in heads:
+                why = "head: kept float (tiny, the most sensitive layer)"
+            elif node.name in config.exclude:
+                why = "listed in `exclude`"
+            elif init.dims[0] % config.group_size:
+                why = f"K={init.dims[0]} is not a multiple of group_size={config.group_size}"
+        if init is None or why:
+            if why:
+                reasons[node.name] = why
             new_nodes.append(node)
             continue
         w = quantize_int4(torch.from_numpy(numpy_helper.to_array(init).T.copy()), config.group_size)  # (N, K)
@@ -89,11 +115,30 @@ def quantize_onnx_int4(src_dir: Path, out_dir: Path, config: OrtInt4Config = Ort
         model.opset_import.append(helper.make_opsetid("com.microsoft", 1))
     out = out_dir / "model.onnx"
     onnx.save(model, str(out))
-    report = {"int4_matmuls": len(replaced), "fp32_matmuls": kept, "group_size": config.group_size}
+    report = {"int4_matmuls": len(replaced), "group_size": config.group_size, **prep}
     if config.embeddings:
         report["int4_gathers"] = quantize_gathers(out, config.group_size)
+    else:
+        reasons.update({n: "embeddings: fp32 by config (embeddings: false)" for n in _gathers(before.graph)})
+    after = onnx.load(str(out), load_external_data=False)
+    onnx.checker.check_model(after)
+    require_body_quantized(before.graph, after.graph, arch, "quantize_onnx_int4")
+    report["float_layers"] = float_layers(before.graph, after.graph, reasons,
+                                          "onnxruntime's 4-bit Gather quantizer left it float")
+    report["fp32_matmuls"] = [n for n, op in _weight_ops(before.graph).items()
+                              if op != "Gather" and n in report["float_layers"]]
     copy_aux(src_dir, out_dir)
     return report
+
+
+def _weight_ops(graph) -> dict[str, str]:
+    from .onnx_graph import weight_nodes
+
+    return weight_nodes(graph)
+
+
+def _gathers(graph) -> list[str]:
+    return [n for n, op in _weight_ops(graph).items() if op == "Gather"]
 
 
 def quantize_gathers(path: Path, block_size: int) -> int:
@@ -103,10 +148,17 @@ def quantize_gathers(path: Path, block_size: int) -> int:
     import onnx
     from onnxruntime.quantization.matmul_nbits_quantizer import MatMulNBitsQuantizer
 
+    from .onnx_graph import toposort, upgrade_opset
+
     logging.getLogger("onnxruntime.quantization").setLevel(logging.ERROR)
-    q = MatMulNBitsQuantizer(onnx.load(str(path)), block_size=block_size, is_symmetric=False,
+    model = onnx.load(str(path))
+    upgrade_opset(model, 21)  # what the quantizer would force, with the ops rewritten
+    q = MatMulNBitsQuantizer(model, block_size=block_size, is_symmetric=False,
                              op_types_to_quantize=("Gather",), quant_axes=(("Gather", 1),))
     with np.errstate(divide="ignore", invalid="ignore"):  # all-zero blocks (scale 0) are handled by ORT
         q.process()
-    q.model.save_model_to_file(str(path), use_external_data_format=False)
+    # ORT's save_model_to_file re-sorts ignoring If-branch reads of outer values (DeBERTa's
+    # graph then fails onnx.checker); sort with those counted and save with onnx directly.
+    toposort(q.model.model.graph)
+    onnx.save(q.model.model, str(path))
     return sum(n.op_type == "GatherBlockQuantized" for n in q.model.model.graph.node)

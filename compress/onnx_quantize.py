@@ -4,6 +4,10 @@ Why not optimum's ``ORTQuantizer``: on an O2-fused MiniLM graph it fails with "U
 to find data type for weight_name" because the fused nodes lose shape/type info.
 ``onnxruntime.quantization.quantize_dynamic`` with ``DefaultTensorType=FLOAT`` handles
 the same graph, so fusions (Attention, SkipLayerNorm, BiasGelu) and int8 work together.
+
+The architecture's declaration (``compress.arch``) gives the head count's config key and
+the fusion ``model_type`` ("bert", "gpt2", or none); its head stays float, and the
+manifest lists every weight left float and why (``float_layers``).
 """
 from __future__ import annotations
 
@@ -45,25 +49,33 @@ def copy_aux(src: Path, dst: Path) -> None:
             shutil.copy2(src / name, dst / name)
 
 
+HIDDEN_KEYS = ("hidden_size", "dim", "n_embd", "d_model")
+HEAD_REASON = "head: kept float (tiny, the most sensitive layer)"
+
+
 def attention_shape(hf_config: dict) -> tuple[int, int]:
     """(num_heads, attention hidden size) for the fusion; (0, 0) lets ORT read them off the graph.
 
     After head pruning the Q/K/V width is heads_left * head_dim, not hidden_size: giving
     the fusion the unpruned head count would silently change the attention math.
     """
-    heads, hidden = hf_config["num_attention_heads"], hf_config["hidden_size"]
+    from .arch import arch_for
+
+    arch = arch_for(hf_config)
+    heads = hf_config[arch.attention.heads_attr]
+    hidden = next(hf_config[k] for k in HIDDEN_KEYS if k in hf_config)
     pruned = hf_config.get("pruned_heads") or {}
     if not pruned:
         return heads, hidden
     left = {heads - len(v) for v in pruned.values()}
-    if len(pruned) < hf_config["num_hidden_layers"] or len(left) != 1:
+    if len(pruned) < hf_config[arch.layers_attr] or len(left) != 1:
         return 0, 0  # non-uniform: per-layer detection from the graph's Reshape constants
     n = left.pop()
     return n, n * (hidden // heads)
 
 
 def optimize_graph(src: Path, dst: Path, level: int, num_heads: int, hidden_size: int,
-                   attention: bool = True) -> None:
+                   attention: bool = True, model_type: str = "bert") -> None:
     """Transformer fusions with onnxruntime.transformers (what ORTOptimizer runs underneath).
 
     ``attention=False`` keeps Q/K/V as plain MatMuls: static (QDQ) quantization has no
@@ -73,12 +85,12 @@ def optimize_graph(src: Path, dst: Path, level: int, num_heads: int, hidden_size
     from onnxruntime.transformers.optimizer import optimize_model
 
     logging.getLogger("onnxruntime.transformers").setLevel(logging.ERROR)
-    options = FusionOptions("bert")
+    options = FusionOptions(model_type)
     # EmbedLayerNormalization would hide the word-embedding Gather from the quantizer,
     # leaving 47 MB of fp32 embeddings in a MiniLM graph; keep the Gather visible.
     options.enable_embed_layer_norm = False
     options.enable_attention = attention
-    opt = optimize_model(str(src), model_type="bert", num_heads=num_heads, hidden_size=hidden_size,
+    opt = optimize_model(str(src), model_type=model_type, num_heads=num_heads, hidden_size=hidden_size,
                          opt_level=level, use_gpu=False, optimization_options=options)
     opt.save_model_to_file(str(dst))
 
@@ -106,32 +118,51 @@ def check_fused_graph(original: Path, fused: Path, tokenizer_dir: Path, texts: l
 
 def quantize_onnx_int8(src_dir: Path, out_dir: Path, config: OrtInt8Config = OrtInt8Config(),
                        texts: list[str] | None = None) -> dict:
-    """Fuse (optional), check the fused graph on ``texts``, then dynamic-int8 quantize."""
+    """Fuse (optional, per architecture), check the fused graph on ``texts``, then dynamic-int8 quantize."""
     import json
 
     import onnx
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
+    from .arch import arch_for
+    from .onnx_graph import float_layers, head_nodes, prepare, require_body_quantized, weight_nodes
+
+    hf_config = json.loads((src_dir / "config.json").read_text())
+    arch = arch_for(hf_config)
     src_model = src_dir / "model.onnx"
-    to_quantize, report = src_model, {}
-    if config.optimize_level:
+    to_quantize, report = src_model, {"fusion": None}
+    if config.optimize_level and arch.ort_fusion:
         to_quantize = out_dir / "_optimized.onnx"
-        optimize_graph(src_model, to_quantize, config.optimize_level,
-                       *attention_shape(json.loads((src_dir / "config.json").read_text())))
+        optimize_graph(src_model, to_quantize, config.optimize_level, *attention_shape(hf_config),
+                       model_type=arch.ort_fusion)
+        report["fusion"] = arch.ort_fusion
         if texts:
             report["fusion_max_abs_diff"] = check_fused_graph(src_model, to_quantize, src_dir, texts)
-    logging.getLogger().setLevel(max(logging.getLogger().level, logging.ERROR))  # ORT's pre-processing hint
-    quantize_dynamic(str(to_quantize), str(out_dir / "model.onnx"), per_channel=config.per_channel,
-                     reduce_range=config.reduce_range, weight_type=QuantType.QInt8,
-                     op_types_to_quantize=list(config.op_types) + (["Gather"] if config.embeddings == "int8" else []),
-                     extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT})
+    model = onnx.load(str(to_quantize))
+    report.update(prepare(model))
+    prepared = out_dir / "_prepared.onnx"
+    onnx.save(model, str(prepared))
     if to_quantize != src_model:
         to_quantize.unlink()
+    heads = head_nodes(model.graph, arch)
+    ops = list(config.op_types) + (["Gather"] if config.embeddings == "int8" else [])
+    logging.getLogger().setLevel(max(logging.getLogger().level, logging.ERROR))  # ORT's pre-processing hint
+    quantize_dynamic(str(prepared), str(out_dir / "model.onnx"), per_channel=config.per_channel,
+                     reduce_range=config.reduce_range, weight_type=QuantType.QInt8,
+                     op_types_to_quantize=ops, nodes_to_exclude=heads,
+                     extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT})
+    prepared.unlink()
     if config.embeddings == "int4":
         from .onnx_int4 import quantize_gathers
 
         report["int4_gathers"] = quantize_gathers(out_dir / "model.onnx", config.embedding_block)
     copy_aux(src_dir, out_dir)
-    graph = onnx.load(str(out_dir / "model.onnx"), load_external_data=False).graph
-    ops = sorted({n.op_type for n in graph.node})
-    return {"onnx_ops": ops, **report}
+    after = onnx.load(str(out_dir / "model.onnx"), load_external_data=False)
+    reasons = {n: HEAD_REASON for n in heads}
+    if config.embeddings == "fp32":
+        reasons.update({n: "embeddings: fp32 by config" for n, op in weight_nodes(model.graph).items()
+                        if op == "Gather"})
+    require_body_quantized(model.graph, after.graph, arch, "quantize_onnx_int8")
+    report["float_layers"] = float_layers(model.graph, after.graph, reasons,
+                                          "onnxruntime's dynamic quantizer left it float (op or type not covered)")
+    return {"onnx_ops": sorted({n.op_type for n in after.graph.node}), **report}

@@ -25,6 +25,7 @@ import numpy as np
 
 from chain.errors import ExportValidationError, SpecError
 
+from .arch import arch_for
 from .onnx_quantize import attention_shape, check_fused_graph, copy_aux, optimize_graph
 
 CALIBRATIONS = ("minmax", "entropy", "percentile")
@@ -164,10 +165,12 @@ def quantize_onnx_static_int8(src_dir: Path, out_dir: Path, calib_texts: list[st
     report: dict = {"calibration": config.calibration, "calibration_samples": len(calib_texts),
                     "calibration_length": int(next(iter(batches[0].values())).shape[1])}
     graph, fallback = "unfused", None
-    if config.optimize_level:
+    hf_config = json.loads((src_dir / "config.json").read_text())
+    fusion = arch_for(hf_config).ort_fusion  # the architecture's optimizer model_type, None = no fusion
+    if config.optimize_level and fusion:
         fused = out_dir / "_fused.onnx"
-        optimize_graph(src, fused, config.optimize_level,
-                       *attention_shape(json.loads((src_dir / "config.json").read_text())), attention=False)
+        optimize_graph(src, fused, config.optimize_level, *attention_shape(hf_config), attention=False,
+                       model_type=fusion)
         report["fusion_max_abs_diff"] = check_fused_graph(src, fused, src_dir, check_texts)
         try:
             _quantize(fused, dst, batches, config)

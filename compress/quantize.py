@@ -5,8 +5,10 @@
 
 A config's type picks the transform in ``_REGISTRY``; ``overrides`` maps qualified-name
 globs to another config (or ``None`` = leave that module alone); the first matching
-glob wins. Every transform swaps one ``nn.Linear`` for a module computing the same
-function with quantized weights.
+glob wins. Every transform swaps one linear-like module (``nn.Linear``, or a kind the
+architecture declares such as GPT-2's ``Conv1D``, seen through ``walker.as_linear``) for a
+module computing the same function with quantized weights. The architecture's head
+modules (``compress.arch``) stay float unless ``skip`` is given explicitly.
 """
 from __future__ import annotations
 
@@ -18,11 +20,10 @@ from typing import Callable
 import torch
 from torch import nn
 
+from .arch import DEFAULT_SKIP, body_skip
 from .formats import Int4Weight, quantize_int4, quantize_int8
 from .torch_int8 import Int8DynamicConfig, _dq_linear
-from .walker import linear_layers, set_module
-
-DEFAULT_SKIP = ("classifier", "*.classifier")
+from .walker import as_linear, linear_layers, set_module
 
 
 @dataclass
@@ -121,16 +122,22 @@ def register(config_type: type, transform: Callable[[nn.Linear, object], nn.Modu
 
 
 def quantize_(model: nn.Module, config, overrides: dict[str, object] | None = None,
-              skip: tuple[str, ...] = DEFAULT_SKIP, filter_fn=None) -> dict[str, str]:
-    """Quantize eligible ``nn.Linear`` layers in place; return {qualified name: config type}."""
+              skip: tuple[str, ...] | None = None, filter_fn=None) -> dict[str, str]:
+    """Quantize eligible linear layers in place; return {qualified name: config type}.
+
+    ``skip=None`` keeps the architecture's head float; pass globs to choose yourself.
+    """
     if type(config) not in _REGISTRY:
         raise TypeError(f"no quantization registered for {type(config).__name__}; "
                         f"known: {[t.__name__ for t in _REGISTRY]}")
     overrides = overrides or {}
+    head, kinds = body_skip(model)
+    skip = head if skip is None else skip
     done = {}
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        for name, lin in linear_layers(model, skip, filter_fn):
+        for name, mod in linear_layers(model, skip, filter_fn, kinds):
+            lin = as_linear(mod)
             cfg = next((c for pat, c in overrides.items() if fnmatch.fnmatchcase(name, pat)), config)
             if cfg is None:
                 continue

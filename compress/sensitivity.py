@@ -20,7 +20,7 @@ from torch import nn
 
 from chain.errors import SpecError
 
-from .quantize import DEFAULT_SKIP, Int4WeightOnlyConfig, Int8DynamicConfig, quantize_
+from .quantize import DEFAULT_SKIP, Int4WeightOnlyConfig, Int8DynamicConfig, body_skip, quantize_
 from .walker import linear_layers, set_module
 
 SCHEMES = ("int8", "int4")
@@ -32,11 +32,12 @@ class AccuracyAwareConfig:
     group_size: int = 32  # int4 only
     budget: float = 0.01  # largest allowed metric drop vs fp32, in metric units (0.01 = 1 accuracy point)
     max_kept: int | None = None  # at most this many layers restored to fp32; None = as many as needed
-    skip: tuple[str, ...] = DEFAULT_SKIP  # never quantized (the classifier)
+    skip: tuple[str, ...] = DEFAULT_SKIP  # never quantized, besides the architecture's head (always float)
     # Stage only: first N examples of the task's dev split are the metric (L + 2 + kept evaluations).
     eval_samples: int | None = 512
     # Stage only: embedding tables stored int8 by save_int8 (storage saving; re-measured after saving).
-    embeddings: tuple[str, ...] = ("*word_embeddings",)
+    # None = the architecture's token-embedding table(s) (compress.arch); () = none.
+    embeddings: tuple[str, ...] | None = None
 
     def __post_init__(self) -> None:
         if self.scheme not in SCHEMES:
@@ -56,7 +57,8 @@ class AccuracyAwareConfig:
                                               not isinstance(self.eval_samples, int) or self.eval_samples <= 0):
             raise SpecError(f"quantize_accuracy_aware.eval_samples must be a positive integer or null, "
                             f"got {self.eval_samples!r}")
-        self.skip, self.embeddings = tuple(self.skip), tuple(self.embeddings)
+        self.skip = tuple(self.skip)
+        self.embeddings = None if self.embeddings is None else tuple(self.embeddings)
 
     def quant_config(self):
         return Int8DynamicConfig() if self.scheme == "int8" else Int4WeightOnlyConfig(self.group_size)
@@ -70,8 +72,9 @@ def layer_sensitivity(model: nn.Module, eval_fn: Callable[[nn.Module], float],
     """
     baseline = float(eval_fn(model)) if baseline is None else float(baseline)
     rows = []
-    for name, lin in list(linear_layers(model, config.skip)):
-        quantize_(model, config.quant_config(), skip=config.skip, filter_fn=lambda m, n, name=name: n == name)
+    skip = config.skip + body_skip(model)[0]
+    for name, lin in list(linear_layers(model, skip)):
+        quantize_(model, config.quant_config(), skip=skip, filter_fn=lambda m, n, name=name: n == name)
         metric = float(eval_fn(model))
         set_module(model, name, lin)  # the original module: bit-exact fp32 again
         rows.append({"layer": name, "metric": metric, "drop": baseline - metric})
@@ -106,8 +109,9 @@ def accuracy_aware_quantize_(model: nn.Module, config: AccuracyAwareConfig,
     """Quantize every eligible Linear, then restore the most sensitive ones to fp32 until the
     measured drop is within ``config.budget``; return the report (``kept_fp32`` in restore order)."""
     sens = sensitivity or layer_sensitivity(model, eval_fn, config)
-    originals = dict(linear_layers(model, config.skip))
-    quantize_(model, config.quant_config(), skip=config.skip)
+    skip = config.skip + body_skip(model)[0]
+    originals = dict(linear_layers(model, skip))
+    quantize_(model, config.quant_config(), skip=skip)
     metric = float(eval_fn(model))
     steps = [{"restored": None, "metric": metric, "drop": sens["baseline"] - metric}]
     kept: list[str] = []

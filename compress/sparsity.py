@@ -21,6 +21,7 @@ from torch import nn
 
 from chain.errors import SpecError
 
+from .arch import body_skip
 from .walker import linear_layers
 
 KINDS = ("magnitude", "2:4")
@@ -66,7 +67,7 @@ def two_four_mask(w: torch.Tensor) -> torch.Tensor:
 def sparsify_(model: nn.Module, config: SparsityConfig = SparsityConfig(), filter_fn=None) -> dict:
     """Zero weights of eligible ``nn.Linear`` layers in place; return per-layer sparsity and skips."""
     layers, skipped = {}, {}
-    for name, lin in linear_layers(model, config.skip, filter_fn):
+    for name, lin in linear_layers(model, config.skip + body_skip(model)[0], filter_fn):
         w = lin.weight
         if config.kind == "2:4":
             if w.shape[1] % 4:

