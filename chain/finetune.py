@@ -42,7 +42,7 @@ class LoraSettings:
     r: int = 8
     alpha: int = 16
     dropout: float = 0.1
-    # None = the architecture's attention Q/V projections (compress.arch: query/value for BERT,
+    # None = the architecture's attention Q/V projections (chain.arch: query/value for BERT,
     # q_lin/v_lin for DistilBERT, q_proj/v_proj for Llama, c_attn for GPT-2, ...)
     target_modules: list[str] | None = None
 
@@ -232,10 +232,10 @@ def freeze_(model, parts: list[str]) -> int:
     """Set requires_grad=False on the named parts; return the number of frozen parameters.
 
     Where the embeddings and the blocks live comes from the architecture's declaration
-    (``compress.arch``), so GPT-2 (``wte``/``wpe``, ``h``) and Llama (``embed_tokens``,
+    (``chain.arch``), so GPT-2 (``wte``/``wpe``, ``h``) and Llama (``embed_tokens``,
     ``layers``) freeze like BERT.
     """
-    from compress.arch import arch_for, check_stage
+    from .arch import arch_for, check_stage
 
     arch = arch_for(model)
     check_stage("finetune", model.config, {"freeze": parts})
@@ -342,7 +342,7 @@ def apply_lora(model, lora: LoraSettings):
 
     targets = lora.target_modules
     if targets is None:
-        from compress.arch import arch_for
+        from .arch import arch_for
 
         targets = arch_for(model).lora_targets
     cfg = LoraConfig(task_type=TaskType.SEQ_CLS, r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout,

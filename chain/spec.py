@@ -19,6 +19,7 @@ from dataclasses import dataclass, field, fields, is_dataclass
 from pathlib import Path
 from typing import Any
 
+from .arch import check_stage
 from .errors import ChainpressError, DataError, SpecError, SpecErrors, many
 from .evaluate import EvalConfig
 from .gates import GateConfig
@@ -395,10 +396,9 @@ def check_inputs(spec: ChainSpec) -> dict[str, dict[str, int]]:
                 continue
             if not t.has_split(ex["split"]):
                 errors.append(f"{where}.split: task {t.name!r} has no {ex['split']!r} split")
-        check = getattr(st.stage_cls, "check_model", None)
-        if check is not None and model_cfg:
+        if model_cfg:  # the architecture's declaration (chain/arch.py) says what it supports
             try:
-                check(model_cfg, st.config)
+                check_stage(st.type, model_cfg, st.config)
             except ChainpressError as e:
                 errors.append(f"stages[{i}] ({st.name}): {e}")
     src_task = (source.manifest.get("task") or {}).get("name")

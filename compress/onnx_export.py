@@ -96,7 +96,7 @@ def export_onnx(model_dir: Path, out_dir: Path, texts: list[str], config: OnnxEx
                     local_files_only=True)
     except (KeyError, ValueError) as e:
         raise ModelError(f"optimum cannot export {model_dir} to ONNX ({e}); "
-                         "chainpress exports the sequence classifiers compress.arch declares") from None
+                         "chainpress exports the sequence classifiers chain.arch declares") from None
     if not texts:
         raise ExportValidationError("no validation texts given; export needs real task inputs to check")
     ref = AutoModelForSequenceClassification.from_pretrained(model_dir, use_safetensors=True).eval()

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import re
 
-from .arch import Arch
+from chain.arch import Arch
 
 WEIGHT_OPS = ("MatMul", "Gemm", "Gather", "Attention")
 

@@ -67,7 +67,7 @@ def quantize_onnx_int4(src_dir: Path, out_dir: Path, config: OrtInt4Config = Ort
     import onnx
     from onnx import helper, numpy_helper
 
-    from .arch import arch_for
+    from chain.arch import arch_for
     from .onnx_graph import float_layers, head_nodes, prepare, require_body_quantized
 
     arch = arch_for(json.loads((src_dir / "config.json").read_text()))

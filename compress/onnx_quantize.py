@@ -5,7 +5,7 @@ to find data type for weight_name" because the fused nodes lose shape/type info.
 ``onnxruntime.quantization.quantize_dynamic`` with ``DefaultTensorType=FLOAT`` handles
 the same graph, so fusions (Attention, SkipLayerNorm, BiasGelu) and int8 work together.
 
-The architecture's declaration (``compress.arch``) gives the head count's config key and
+The architecture's declaration (``chain.arch``) gives the head count's config key and
 the fusion ``model_type`` ("bert", "gpt2", or none); its head stays float, and the
 manifest lists every weight left float and why (``float_layers``).
 """
@@ -59,7 +59,7 @@ def attention_shape(hf_config: dict) -> tuple[int, int]:
     After head pruning the Q/K/V width is heads_left * head_dim, not hidden_size: giving
     the fusion the unpruned head count would silently change the attention math.
     """
-    from .arch import arch_for
+    from chain.arch import arch_for
 
     arch = arch_for(hf_config)
     heads = hf_config[arch.attention.heads_attr]
@@ -124,7 +124,7 @@ def quantize_onnx_int8(src_dir: Path, out_dir: Path, config: OrtInt8Config = Ort
     import onnx
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
-    from .arch import arch_for
+    from chain.arch import arch_for
     from .onnx_graph import float_layers, head_nodes, prepare, require_body_quantized, weight_nodes
 
     hf_config = json.loads((src_dir / "config.json").read_text())

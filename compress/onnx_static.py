@@ -25,7 +25,7 @@ import numpy as np
 
 from chain.errors import ExportValidationError, SpecError
 
-from .arch import arch_for
+from chain.arch import arch_for
 from .onnx_quantize import attention_shape, check_fused_graph, copy_aux, optimize_graph
 
 CALIBRATIONS = ("minmax", "entropy", "percentile")

@@ -3,7 +3,7 @@
 ``prune_(model, PruneConfig(heads=0.5, ffn=0.5))`` ranks structures by importance and
 physically removes them, so the saved and exported model is smaller and faster (no
 masks, no sparse formats). Where each block's Q/K/V/O and FFN live comes from the
-architecture's declaration (``compress.arch``), so one code path prunes BERT, RoBERTa,
+architecture's declaration (``chain.arch``), so one code path prunes BERT, RoBERTa,
 XLM-R, ELECTRA, DistilBERT, MPNet, DeBERTa-v2, Llama and Qwen2:
 
 * heads of architectures whose HF model implements ``prune_heads`` go through it
@@ -30,7 +30,7 @@ from torch import nn
 
 from chain.errors import ModelError, SpecError
 
-from .arch import Arch, arch_for, check_stage
+from chain.arch import Arch, arch_for, check_stage
 
 
 @dataclass

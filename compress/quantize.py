@@ -8,7 +8,7 @@ globs to another config (or ``None`` = leave that module alone); the first match
 glob wins. Every transform swaps one linear-like module (``nn.Linear``, or a kind the
 architecture declares such as GPT-2's ``Conv1D``, seen through ``walker.as_linear``) for a
 module computing the same function with quantized weights. The architecture's head
-modules (``compress.arch``) stay float unless ``skip`` is given explicitly.
+modules (``chain.arch``) stay float unless ``skip`` is given explicitly.
 """
 from __future__ import annotations
 
@@ -20,7 +20,7 @@ from typing import Callable
 import torch
 from torch import nn
 
-from .arch import DEFAULT_SKIP, body_skip
+from chain.arch import DEFAULT_SKIP, body_skip
 from .formats import Int4Weight, quantize_int4, quantize_int8
 from .torch_int8 import Int8DynamicConfig, _dq_linear
 from .walker import as_linear, linear_layers, set_module

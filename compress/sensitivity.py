@@ -36,7 +36,7 @@ class AccuracyAwareConfig:
     # Stage only: first N examples of the task's dev split are the metric (L + 2 + kept evaluations).
     eval_samples: int | None = 512
     # Stage only: embedding tables stored int8 by save_int8 (storage saving; re-measured after saving).
-    # None = the architecture's token-embedding table(s) (compress.arch); () = none.
+    # None = the architecture's token-embedding table(s) (chain.arch); () = none.
     embeddings: tuple[str, ...] | None = None
 
     def __post_init__(self) -> None:

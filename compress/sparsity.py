@@ -21,7 +21,7 @@ from torch import nn
 
 from chain.errors import SpecError
 
-from .arch import body_skip
+from chain.arch import body_skip
 from .walker import linear_layers
 
 KINDS = ("magnitude", "2:4")

@@ -4,7 +4,7 @@ Weights are quantized once with ``compress.formats.quantize_int8`` (symmetric,
 per-channel) and executed by PyTorch's fbgemm/x86 dynamic-int8 linear; the same
 ``qweight``/``scales`` tensors are what the Triton weight-only int8 kernel reads.
 Which modules are linear, which form the head (kept float) and which embedding tables
-exist comes from the architecture's declaration (``compress.arch``): GPT-2's ``Conv1D``
+exist comes from the architecture's declaration (``chain.arch``): GPT-2's ``Conv1D``
 is covered like ``nn.Linear``.
 
 On disk: ``model-int8.safetensors`` holds every non-quantized tensor plus
@@ -27,7 +27,7 @@ from torch import nn
 
 from chain.errors import ModelError
 
-from .arch import Arch, arch_for, head_skip
+from chain.arch import Arch, arch_for, head_skip
 from .formats import Int8Weight, quantize_int8
 from .walker import as_linear, linear_layers, set_module
 
@@ -38,7 +38,7 @@ HEAD_REASON = "head: kept float (tiny, the most sensitive layer; chain.heads rea
 @dataclass
 class Int8DynamicConfig:
     # Glob patterns of linear layers kept in fp32, besides the architecture's head (always float;
-    # the default names BERT's head again, as specs written before compress.arch did).
+    # the default names BERT's head again, as specs written before chain.arch did).
     skip: tuple[str, ...] = ("classifier", "*.classifier")
     # Embedding tables stored as per-row int8 and dequantized on load: a storage saving
     # only (PyTorch has no fast int8 gather), but MiniLM's word embeddings are half its size.

@@ -47,7 +47,7 @@ def available() -> tuple[bool, str]:
 def apply(model, *, int8_weights: bool = False, int4_weights: bool = False, group_size: int = 32):
     """Swap the encoder modules of a model with BERT's blocks for fused ones, in place; returns model.
 
-    Accepted: the architectures ``compress.arch`` declares with BERT's blocks (BERT, RoBERTa,
+    Accepted: the architectures ``chain.arch`` declares with BERT's blocks (BERT, RoBERTa,
     XLM-R, ELECTRA), each block checked structurally.
 
     With ``int8_weights`` (per-channel) or ``int4_weights`` (``group_size`` groups) every

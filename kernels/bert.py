@@ -1,6 +1,6 @@
 """Fused replacements for BERT-structured encoder modules (transformers 4.57), and the swap.
 
-Which models qualify is decided from ``compress.arch`` (architectures declaring
+Which models qualify is decided from ``chain.arch`` (architectures declaring
 ``bert_blocks``: BERT, RoBERTa, XLM-R, ELECTRA) and then checked structurally, block by
 block: each block must hold ``attention.self`` (query/key/value/dropout),
 ``attention.output`` and ``output`` (dense/LayerNorm/dropout) and ``intermediate``
@@ -26,7 +26,7 @@ import torch
 from torch import nn
 from transformers.activations import GELUActivation
 
-from compress.arch import arch_for
+from chain.arch import arch_for
 
 from . import UnsupportedInputError, UnsupportedModelError
 from .attention import fused_attention

@@ -55,6 +55,10 @@ class FusedKernels(Stage):
         if parent.format != "hf":
             raise SpecError(f"stage {self.name!r} needs a Hugging Face parent, got {parent.format} from "
                             f"{parent.path}; set its `parent` to a fine-tune or prune stage")
+        from chain.arch import check_stage
+        from chain.model import read_config
+
+        check_stage("kernels", read_config(parent.path))  # a model they could never patch: the real reason
         link_files(parent.path, out_dir)
         fields = {"format": "hf", "runtime": RUNTIME, "kernels": asdict(self.config),
                   "num_labels": parent.manifest.get("num_labels")}

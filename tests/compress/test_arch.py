@@ -1,4 +1,4 @@
-"""compress.arch: the declarations match the real models, check_stage refuses up front, no silent no-op."""
+"""chain.arch: the declarations match the real models, check_stage refuses up front, no silent no-op."""
 from __future__ import annotations
 
 import json
@@ -9,7 +9,7 @@ import torch
 from tiny_models import configs, save_tiny
 
 from chain.errors import ModelError, SpecError
-from compress.arch import ARCHS, arch_for, check_stage
+from chain.arch import ARCHS, arch_for, check_stage
 from compress.prune import PruneConfig, prune_
 from compress.walker import is_linear
 
@@ -53,7 +53,7 @@ def test_declaration_matches_the_model(mt):
 
 
 def test_unknown_architecture_is_a_clear_error():
-    with pytest.raises(ModelError, match=r"model_type='t5'.*BERT, RoBERTa.*compress/arch.py"):
+    with pytest.raises(ModelError, match=r"model_type='t5'.*BERT, RoBERTa.*chain/arch.py"):
         arch_for({"model_type": "t5"})
     with pytest.raises(SpecError, match="quantize_int8: no architecture declaration"):
         check_stage("quantize_int8", {"model_type": "t5"}, None)

@@ -5,7 +5,7 @@ PyTorch int8, structured pruning (then ONNX export + ONNX int8 of the pruned mod
 ONNX export, ONNX int8 and ONNX int4. A verb that runs must agree with its parent's
 argmax on >= 95% of real SST-2 dev sentences and list every layer it left float (the
 head, and only the head, for the quantizers); one that cannot run must be refused by
-``compress.arch.check_stage`` with a message naming the architecture and what to do.
+``chain.arch.check_stage`` with a message naming the architecture and what to do.
 The expected refusals are listed here, so a verb silently starting or stopping to work
 on an architecture fails the test.
 
@@ -28,7 +28,7 @@ from tiny_models import configs, save_tiny
 
 from chain.errors import SpecError
 from chain.task import builtin_task
-from compress.arch import ARCHS, check_stage
+from chain.arch import ARCHS, check_stage
 from compress.prune import PruneConfig
 
 REPO = Path(__file__).resolve().parents[2]
@@ -273,7 +273,7 @@ def render() -> str:
             "than 95% of them, so that agreement says little (untrained models at the default init; with "
             "init std 0.3 all parents predict both classes and ONNX int4 then agreed on only 0.73-0.95 of the "
             "sentences, int8 on 0.94-1.00: a known gap), followed by the modules left float (for "
-            "ONNX, by the module their nodes come from); `refused` = `compress.arch.check_stage` refuses "
+            "ONNX, by the module their nodes come from); `refused` = `chain.arch.check_stage` refuses "
             "the stage before anything trains, with this message. `prune` is heads=0.5, ffn=0.5 (L1) "
             "on a parent whose first half of heads and FFN neurons was scaled by 0.05 (what L1 must find), "
             "and the pruned model is then exported and ONNX-int8 quantized too. `export_onnx` is the "

@@ -1,4 +1,4 @@
-"""Tiny random-init sequence classifiers of every architecture compress.arch declares.
+"""Tiny random-init sequence classifiers of every architecture chain.arch declares.
 
 Built from configs (no download), ~2 layers, hidden 32, with the embedded MiniLM's
 WordPiece tokenizer so real SST-2 sentences tokenize as in production; the vocabulary

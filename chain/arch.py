@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from chain.errors import ModelError, SpecError
+from .errors import ModelError, SpecError
 
 
 @dataclass(frozen=True)
@@ -136,7 +136,7 @@ def arch_for(obj) -> Arch:
         model_type = getattr(getattr(obj, "config", obj), "model_type", None)
     if model_type not in ARCHS:
         raise ModelError(f"no architecture declaration for model_type={model_type!r}; chainpress supports "
-                         f"{', '.join(a.name for a in ARCHS.values())} (add an entry to compress/arch.py)")
+                         f"{', '.join(a.name for a in ARCHS.values())} (add an entry to chain/arch.py)")
     return ARCHS[model_type]
 
 
