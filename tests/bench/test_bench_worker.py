@@ -220,3 +220,14 @@ def test_ctrl_c_stops_every_worker(chain_dirs, tmp_path):
             os.killpg(p.pid, signal.SIGKILL)
     assert "interrupted" in out and p.returncode == 0
     assert len(pids) == 2 and all(_gone(x) for x in pids)
+
+
+@pytest.mark.parametrize("mode, says", [("process", "each stage timed in a worker process of its own"),
+                                        ("inprocess", "all stages timed interleaved in one process")])
+def test_report_says_how_figures_were_taken(tmp_path, mode, says):
+    from bench.report import write_reports
+
+    results = {"task": "sst2", "reference": "fp32", "measure": {"latency_calls": 12, "isolation": mode},
+               "environment": {"cpu": "x", "threads": 1, "versions": {}, "date": "today"}, "stages": []}
+    write_reports(results, tmp_path, plots=False)
+    assert says in (tmp_path / "report.md").read_text()
