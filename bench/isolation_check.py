@@ -121,6 +121,15 @@ def markdown(summary: dict, command: str) -> str:
                 med = summary["median_ratios"][mode][n][metric]
                 lines.append(f"| {mode} | {n} | {METRICS[metric]} | {', '.join(f'{v:.3f}' for v in vals)} | "
                              f"{med:.3f} | {'yes' if abs(med - 1) <= summary['tolerance'] else 'NO'} |")
+    if {"process", "inprocess"} <= set(summary["ratios"]):
+        # the two 'together' processes of a repeat ran minutes apart from the 'alone' ones but
+        # next to each other: their ratio shows what the mode changes, with less of the host's drift
+        lines += ["", "| model | metric | process / inprocess, per repeat | median |", "|---|---|---|---|"]
+        for n in summary["models"]:
+            for metric in METRICS:
+                vals = [r["together:process"][n][metric] / r["together:inprocess"][n][metric] for r in summary["runs"]]
+                lines.append(f"| {n} | {METRICS[metric]} | {', '.join(f'{v:.3f}' for v in vals)} | "
+                             f"{statistics.median(vals):.3f} |")
     verdicts = ", ".join(f"{mode}: {'passed' if ok else 'FAILED'}" for mode, ok in summary["passed_by_mode"].items())
     return "\n".join(lines + ["", f"Check ({pct}% on every median): {verdicts}."])
 
