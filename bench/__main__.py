@@ -38,7 +38,9 @@ def parser(prog: str = "python -m bench") -> argparse.ArgumentParser:
     p.add_argument("--epochs", type=float, help="epochs of every fine-tune stage (default: 3, recovery 2; quick 1)")
     p.add_argument("--reference", help="the stage speedups are measured against (default: finetune)")
     p.add_argument("--force", metavar="STAGE", help="recompute STAGE and every stage after it")
-    p.add_argument("--no-peers", action="store_true", help="skip the torch.compile and Optimum int8 peer rows")
+    p.add_argument("--no-peers", action="store_true", help="skip the peer rows (torch.compile, Optimum int8, ...)")
+    p.add_argument("--isolation", choices=("process", "inprocess"),
+                   help="time each model in a worker process of its own (default) or all in this process")
     return p
 
 
@@ -56,7 +58,7 @@ def build_config(a: argparse.Namespace):
                        text_column=a.text_column, label_column=a.label_column, num_labels=a.num_labels,
                        quick=a.quick, epochs=a.epochs, threads=a.threads or default_threads(),
                        peers=not a.no_peers, trust_remote_code=a.trust_remote_code, reference=a.reference,
-                       finetuned=a.finetuned)
+                       finetuned=a.finetuned, isolation=a.isolation)
 
 
 def main(argv=None, prog: str = "python -m bench") -> int:

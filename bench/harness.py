@@ -1,9 +1,12 @@
 """Measure every stage of a chain side by side: accuracy, latency, throughput, size.
 
 Accuracy comes from the chain executor's evaluation (saved in each manifest right after
-a stage finishes, so a later crash loses nothing). Timing runs once all stages exist, with every model loaded
-in one process and timed interleaved, so stage-to-stage ratios share the same machine
-state. Thread counts are fixed for both backends and ONNX Runtime's spinning is off.
+a stage finishes, so a later crash loses nothing). Timing runs once all stages exist, interleaved in time so
+stage-to-stage ratios share the same machine state. By default (``isolation="process"``)
+each model runs in a worker process of its own, driven in rotation (``bench/worker.py``),
+so its figures are those of the model running alone; ``"inprocess"`` loads every model
+into this process instead. Thread counts are fixed for both backends and ONNX Runtime's
+spinning is off.
 """
 from __future__ import annotations
 
@@ -18,7 +21,9 @@ from chain.model import load_tokenizer
 from chain.predict import Predictor, encode_batches
 from chain.runtime import load_predictor
 
-from .timing import bootstrap_ci, current_rss_mb, fixed_threads, time_interleaved
+from .timing import Timing, bootstrap_ci, current_rss_mb, fixed_threads, time_interleaved
+
+ISOLATION = ("process", "inprocess")
 
 
 @dataclass
@@ -31,10 +36,19 @@ class MeasureConfig:
     max_length: int = 128
     seed: int = 0
     device: str = "cpu"  # "cuda": CUDA-event timing with synchronisation
+    isolation: str = "process"  # one worker process per model | "inprocess": all models in this process
+    latency_block: int = 1  # consecutive batch-1 calls a model gets per turn of the rotation
+    worker_timeout_s: float = 600.0  # a worker silent for this long is killed and its row fails
 
     def __post_init__(self) -> None:
-        if self.threads < 1 or self.latency_calls < 1 or self.throughput_batches < 1 or self.throughput_rounds < 1:
-            raise ValueError(f"threads, latency_calls, throughput_batches and throughput_rounds must be >= 1: {self}")
+        if min(self.threads, self.latency_calls, self.throughput_batches, self.throughput_rounds,
+               self.latency_block) < 1:
+            raise ValueError("threads, latency_calls, throughput_batches, throughput_rounds and latency_block "
+                             f"must be >= 1: {self}")
+        if self.isolation not in ISOLATION:
+            raise ValueError(f"isolation must be one of {ISOLATION}, got {self.isolation!r}")
+        if self.worker_timeout_s <= 0:
+            raise ValueError(f"worker_timeout_s must be > 0, got {self.worker_timeout_s}")
 
     @classmethod
     def quick(cls, threads: int = 2) -> "MeasureConfig":
@@ -57,8 +71,14 @@ def load_predictors(artifacts: list[Artifact], cfg: MeasureConfig,
 
 def measure_speed(artifacts: list[Artifact], texts: list[str], cfg: MeasureConfig,
                   trust_remote_code: bool = False, progress=None, reference: str | None = None) -> dict[str, dict]:
-    """Batch-1 latency and batch-32 throughput for each artifact, timed interleaved."""
+    """Batch-1 latency and batch-32 throughput for each artifact, timed interleaved.
+
+    Rows keyed by artifact name; each says how it was timed in ``row["timing"]``. With
+    ``isolation="process"`` a model whose worker failed gets ``{"status": "failed", "reason": ...}``.
+    """
     tok = load_tokenizer(artifacts[0], trust_remote_code)
+    if cfg.isolation == "process":
+        return measure_in_workers(artifacts, tok, texts, cfg, trust_remote_code, progress, reference)
     preds, load_mb = load_predictors(artifacts, cfg, trust_remote_code)
     out = measure_predictors(preds, tok, texts, cfg, reference, progress)
     for name, mb in load_mb.items():
@@ -66,23 +86,71 @@ def measure_speed(artifacts: list[Artifact], texts: list[str], cfg: MeasureConfi
     return out
 
 
-def measure_predictors(preds: dict[str, Predictor], tokenizer, texts: list[str], cfg: MeasureConfig,
-                       reference: str | None = None, progress=None) -> dict[str, dict]:
-    """Time ``preds`` interleaved on real ``texts``; rows for results.json, keyed by name.
-
-    With ``reference`` among ``preds``, every row also gets its ``speedup`` over it and a
-    paired-bootstrap 95% interval of that speedup (``speedup_ci95``).
-    """
+def timing_inputs(tokenizer, texts: list[str], cfg: MeasureConfig) -> tuple[list[dict], list[dict]]:
+    """(batch-1 encodings, batch-32 encodings): the same seeded sample of real sentences in both modes."""
     rng = random.Random(cfg.seed)
     lat_texts = rng.sample(texts, min(len(texts), cfg.latency_calls))
     b1 = [enc for _, enc in encode_batches(tokenizer, lat_texts, 1, cfg.max_length)]
     thr_texts = rng.sample(texts, min(len(texts), 32 * cfg.throughput_batches))
-    b32 = [enc for _, enc in encode_batches(tokenizer, thr_texts, 32, cfg.max_length)]
+    return b1, [enc for _, enc in encode_batches(tokenizer, thr_texts, 32, cfg.max_length)]
+
+
+def measure_in_workers(artifacts: list[Artifact], tokenizer, texts: list[str], cfg: MeasureConfig,
+                       trust_remote_code: bool = False, progress=None, reference: str | None = None) -> dict[str, dict]:
+    """``measure_speed`` with one worker process per artifact (``bench/worker.py``)."""
+    from .worker import WorkerPool
+
+    b1, b32 = timing_inputs(tokenizer, texts, cfg)
+    if progress:
+        progress(f"starting {len(artifacts)} worker processes")
+    with WorkerPool({a.name: a.path for a in artifacts}, cfg.threads, trust_remote_code, cfg.device,
+                    cfg.worker_timeout_s) as pool:
+        pool.send_inputs("b1", b1)
+        pool.send_inputs("b32", b32)
+        if progress:
+            progress("latency, batch 1")
+        lat = pool.time_rotation("b1", len(b1), cfg.warmup, cfg.latency_block, cfg.seed)
+        if progress:
+            progress("throughput, batch 32")
+        thr = pool.time_rotation("b32", len(b32) * cfg.throughput_rounds, min(len(b32), 3), 1, cfg.seed)
+        workers, failed = pool.workers, dict(pool.failed)
+    out = {}
+    for a in artifacts:
+        if a.name in failed or a.name not in lat.samples_ms or a.name not in thr.samples_ms:
+            out[a.name] = {"status": "failed", "reason": f"timing worker: {failed.get(a.name, 'no samples')}",
+                           "timing": {"mode": "process"}}
+            continue
+        info = workers[a.name].info
+        row = speed_row(a.name, info.backend, lat, thr, reference)
+        # the worker ran only this model, so its process peak is this model's own peak
+        peak = s_round(info.peak_rss_mb)
+        row["memory_mb"] = {"peak_rss": peak, "process_peak_rss": peak, "load_rss": s_round(info.load_rss_mb)}
+        row["threads"] = info.threads
+        row["load_s"] = s_round(info.load_s)
+        row["first_call_ms"] = s_round(info.first_call_ms.get("b1", float("nan")))
+        row["timing"] = {"mode": "process", "worker_pid": info.pid, "latency_block": cfg.latency_block,
+                         "omp_wait_policy": info.omp_wait_policy,
+                         "first_call_ms_batch32": s_round(info.first_call_ms.get("b32", float("nan")))}
+        out[a.name] = row
+    return out
+
+
+def measure_predictors(preds: dict[str, Predictor], tokenizer, texts: list[str], cfg: MeasureConfig,
+                       reference: str | None = None, progress=None) -> dict[str, dict]:
+    """Time ``preds`` interleaved in this process on real ``texts``; rows for results.json, keyed by name.
+
+    With ``reference`` among ``preds``, every row also gets its ``speedup`` over it and a
+    paired-bootstrap 95% interval of that speedup (``speedup_ci95``).
+    """
+    import os
+
+    b1, b32 = timing_inputs(tokenizer, texts, cfg)
     with fixed_threads(cfg.threads):
         if progress:
             progress("latency, batch 1")
         lat = time_interleaved({n: (lambda i, p=p: p(b1[i % len(b1)])) for n, p in preds.items()},
-                               n_calls=len(b1), warmup=cfg.warmup, shuffle_seed=cfg.seed, device=cfg.device)
+                               n_calls=len(b1), warmup=cfg.warmup, shuffle_seed=cfg.seed, device=cfg.device,
+                               block=cfg.latency_block)
         if progress:
             progress("throughput, batch 32")
         thr = time_interleaved({n: (lambda i, p=p: p(b32[i % len(b32)])) for n, p in preds.items()},
@@ -90,36 +158,45 @@ def measure_predictors(preds: dict[str, Predictor], tokenizer, texts: list[str],
                                shuffle_seed=cfg.seed, device=cfg.device)
     out = {}
     for name in preds:
-        ls, ts = lat.stats[name], thr.stats[name]
-        row = {
-            "backend": preds[name].backend,
-            "latency_ms": {"batch": 1, "p50": s_round(ls.p50_ms), "p90": s_round(ls.p90_ms),
-                           "p99": s_round(ls.p99_ms), "p50_ci95": [s_round(x) for x in ls.p50_ci95_ms],
-                           "mean": s_round(ls.mean_ms), "tmean": s_round(ls.tmean_ms), "calls": ls.n},
-            # mean over a fixed set of real batches = total samples / total time
-            "throughput": {"batch": 32, "samples_per_s": s_round(32e3 / ts.mean_ms),
-                           "samples_per_s_ci95": [s_round(32e3 / x) for x in reversed(
-                               bootstrap_ci(thr.samples_ms[name], np.mean))],
-                           "batch_ms_p50": s_round(ts.p50_ms), "batches": ts.n},
-            "memory_mb": {"process_peak_rss": s_round(max(lat.peak_rss_mb, thr.peak_rss_mb))},
-            "threads": lat.threads,
-            # per-round samples: plots, and re-analysis without re-running
-            "samples_ms": {"latency": [s_round(x) for x in lat.samples_ms[name]],
-                           "throughput": [s_round(x) for x in thr.samples_ms[name]]},
-        }
-        if name in lat.cuda_max_allocated_mb:
-            row["memory_mb"]["cuda_max_allocated"] = s_round(max(lat.cuda_max_allocated_mb[name],
-                                                                 thr.cuda_max_allocated_mb[name]))
-        if reference in preds:
-            # speedup = reference time / this time. Throughput by means (= samples/s); latency
-            # by medians (the headline p50) and by 10%-trimmed means (what the gate uses: less
-            # run-to-run noise than the median at the same number of calls).
-            sp = {"throughput": thr.ratio(reference, name, "mean"), "latency_p50": lat.ratio(reference, name, "median"),
-                  "latency_tmean": lat.ratio(reference, name, "tmean")}
-            row["speedup"] = {k: s_round(r.value) for k, r in sp.items()}
-            row["speedup_ci95"] = {k: [s_round(x) for x in r.ci95] for k, r in sp.items()}
+        row = speed_row(name, preds[name].backend, lat, thr, reference)
+        row["timing"] = {"mode": "inprocess", "latency_block": cfg.latency_block,
+                         "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY")}
         out[name] = row
     return out
+
+
+def speed_row(name: str, backend: str, lat: Timing, thr: Timing, reference: str | None) -> dict:
+    """One row's latency, throughput, memory, threads, samples and (vs ``reference``) speedups."""
+    ls, ts = lat.stats[name], thr.stats[name]
+    row = {
+        "backend": backend,
+        "latency_ms": {"batch": 1, "p50": s_round(ls.p50_ms), "p90": s_round(ls.p90_ms),
+                       "p99": s_round(ls.p99_ms), "p50_ci95": [s_round(x) for x in ls.p50_ci95_ms],
+                       "mean": s_round(ls.mean_ms), "tmean": s_round(ls.tmean_ms), "calls": ls.n},
+        # mean over a fixed set of real batches = total samples / total time
+        "throughput": {"batch": 32, "samples_per_s": s_round(32e3 / ts.mean_ms),
+                       "samples_per_s_ci95": [s_round(32e3 / x) for x in reversed(
+                           bootstrap_ci(thr.samples_ms[name], np.mean))],
+                       "batch_ms_p50": s_round(ts.p50_ms), "batches": ts.n},
+        "memory_mb": {"process_peak_rss": s_round(max(lat.peak_rss_mb, thr.peak_rss_mb))},
+        "threads": lat.threads,
+        # per-round samples: plots, and re-analysis without re-running
+        "samples_ms": {"latency": [s_round(x) for x in lat.samples_ms[name]],
+                       "throughput": [s_round(x) for x in thr.samples_ms[name]]},
+    }
+    if name in lat.cuda_max_allocated_mb:
+        row["memory_mb"]["cuda_max_allocated"] = s_round(max(lat.cuda_max_allocated_mb[name],
+                                                             thr.cuda_max_allocated_mb[name]))
+    if reference in lat.samples_ms and reference in thr.samples_ms:
+        # speedup = reference time / this time. Throughput by means (= samples/s); latency
+        # by medians (the headline p50) and by 10%-trimmed means (what the gate uses: less
+        # run-to-run noise than the median at the same number of calls). Sample i of both
+        # is input i, so the bootstrap keeps pairs.
+        sp = {"throughput": thr.ratio(reference, name, "mean"), "latency_p50": lat.ratio(reference, name, "median"),
+              "latency_tmean": lat.ratio(reference, name, "tmean")}
+        row["speedup"] = {k: s_round(r.value) for k, r in sp.items()}
+        row["speedup_ci95"] = {k: [s_round(x) for x in r.ci95] for k, r in sp.items()}
+    return row
 
 
 def s_round(x: float) -> float:

@@ -54,7 +54,10 @@ def write_reports(results: dict, out_dir: Path, plots: bool = True) -> None:
           f"Machine: {env.get('cpu')}, {env.get('threads')} threads, torch {env['versions'].get('torch')}, "
           f"onnxruntime {env['versions'].get('onnxruntime')}. Date: {env.get('date')}.", "",
           f"Latency: batch 1 over {results['measure'].get('latency_calls')} real test sentences; "
-          "throughput: batch 32 over fixed real test batches, all stages timed interleaved in one process.",
+          "throughput: batch 32 over fixed real test batches; "
+          + ("each stage timed in a worker process of its own, the workers driven in rotation on the same inputs."
+             if results["measure"].get("isolation", "inprocess") == "process"  # absent: results from before workers
+             else "all stages timed interleaved in one process."),
           "Speedup p50 brackets: paired-bootstrap 95% interval over the interleaved rounds. "
           "`python -m bench compare` gates the trimmed-mean and throughput speedups (in results.json) with "
           "their intervals plus a run-to-run noise floor (docs/gating.md). "

@@ -9,7 +9,7 @@ runs once all stages exist.
 from __future__ import annotations
 
 import time
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 
 from chain.artifact import Artifact
@@ -29,6 +29,8 @@ def run_bench(cfg: BenchConfig, log=print, force: str | None = None, verbose: bo
     spec = bench_spec(cfg)
     ref = reference_of(cfg, spec)
     measure = cfg.measure or (MeasureConfig.quick(cfg.threads) if cfg.quick else MeasureConfig(threads=cfg.threads))
+    if cfg.isolation:
+        measure = replace(measure, isolation=cfg.isolation)
     ref_task = next(s.task for s in spec.stages if s.name == ref) or next((s.task for s in spec.stages if s.task), None)
     header = {"reference": ref, "task": ref_task, "quick": cfg.quick, "measure": asdict(measure)}
     out = Path(cfg.output)

@@ -44,6 +44,7 @@ class BenchConfig:
     reference: str | None = None  # the reference stage; None = REFERENCE for the default chain
     measure: object | None = None  # a bench.harness.MeasureConfig; None = the preset for `quick`
     finetuned: bool = False  # `model` is already fine-tuned for the task: use it as is, train nothing
+    isolation: str | None = None  # timing: "process" (a worker per model, the default) or "inprocess"
 
 
 def default_model_path() -> str:

@@ -159,14 +159,27 @@ def _wall_clock():
     return lambda: (time.perf_counter() - t0) * 1e3
 
 
+def clock_for(device: str = "cpu"):
+    """``clock()`` starts timing one call and returns ``stop()``, which gives its ms."""
+    return _cuda_clock if device.startswith("cuda") else _wall_clock
+
+
+def timing_from_samples(samples_ms: dict[str, np.ndarray], threads: dict, peak_rss: float,
+                        cuda_mem: dict[str, float] | None = None, device: str = "cpu") -> Timing:
+    arrays = {n: np.asarray(s, dtype=np.float64) for n, s in samples_ms.items()}
+    return Timing(arrays, {n: summarize(a) for n, a in arrays.items()}, threads, peak_rss, cuda_mem or {}, device)
+
+
 def time_interleaved(fns: dict[str, Callable[[int], object]], n_calls: int, warmup: int = 5,
-                     shuffle_seed: int | None = 0, device: str = "cpu") -> Timing:
+                     shuffle_seed: int | None = 0, device: str = "cpu", block: int = 1) -> Timing:
     """Call each ``fn(i)`` for i in range(n_calls), round-robin across variants.
 
     ``fn(i)`` gets the call index so every call can use a different real input; round
     ``i`` gives every variant the same input. Each variant first runs ``warmup`` calls
     (compilation, allocator and cache warm-up stay out of the samples). The order of
-    variants is reshuffled each round (seeded) so none always runs first. On
+    variants is reshuffled each round (seeded) so none always runs first. A round gives
+    each variant ``block`` consecutive calls (inputs ``k*block ..``), so a variant can be
+    timed with its own weights in the caches rather than right after another model's. On
     ``device="cuda"`` each call is bracketed by CUDA events after a synchronize, and the
     peak CUDA memory allocated during each variant's calls is recorded.
     """
@@ -177,22 +190,21 @@ def time_interleaved(fns: dict[str, Callable[[int], object]], n_calls: int, warm
     for name in names:
         for i in range(warmup):
             fns[name](i)
-    clock = _cuda_clock if cuda else _wall_clock
+    clock = clock_for(device)
     samples: dict[str, list[float]] = {n: [] for n in names}
     cuda_mem = {n: 0.0 for n in names} if cuda else {}
     rng = random.Random(shuffle_seed)
-    for i in range(n_calls):
+    for start in range(0, n_calls, block):
         order = names[:]
         if shuffle_seed is not None:
             rng.shuffle(order)
         for name in order:
-            if cuda:
-                torch.cuda.reset_peak_memory_stats()
-            stop = clock()
-            fns[name](i)
-            samples[name].append(stop())
-            if cuda:  # read outside the timed region
-                cuda_mem[name] = max(cuda_mem[name], torch.cuda.max_memory_allocated() / 2**20)
-    arrays = {n: np.asarray(s, dtype=np.float64) for n, s in samples.items()}
-    return Timing(arrays, {n: summarize(a) for n, a in arrays.items()}, thread_counts(), peak_rss_mb(),
-                  cuda_mem, device)
+            for i in range(start, min(start + block, n_calls)):
+                if cuda:
+                    torch.cuda.reset_peak_memory_stats()
+                stop = clock()
+                fns[name](i)
+                samples[name].append(stop())
+                if cuda:  # read outside the timed region
+                    cuda_mem[name] = max(cuda_mem[name], torch.cuda.max_memory_allocated() / 2**20)
+    return timing_from_samples(samples, thread_counts(), peak_rss_mb(), cuda_mem, device)

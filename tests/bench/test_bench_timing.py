@@ -20,6 +20,18 @@ def test_interleaved_rounds_warmup_and_shuffled_order():
     assert t.threads["torch_intra_op"] == torch.get_num_threads() and t.peak_rss_mb > 0
 
 
+def test_blocks_of_calls_keep_round_inputs_paired():
+    calls = []
+    fns = {n: (lambda i, n=n: calls.append((n, i))) for n in "ab"}
+    t = time_interleaved(fns, n_calls=7, warmup=0, block=3)
+    turns = [calls[k:k + 3] for k in (0, 3, 6, 9)] + [calls[12:13], calls[13:14]]
+    # each turn: one variant, consecutive inputs; both variants get inputs 0-2, then 3-5, then 6
+    assert all(len({n for n, _ in turn}) == 1 for turn in turns)
+    assert sorted(calls) == sorted((n, i) for n in "ab" for i in range(7))
+    assert [i for n, i in calls if n == "a"] == list(range(7)) == [i for n, i in calls if n == "b"]
+    assert {n for n, i in calls[:6]} == {"a", "b"} and all(len(t.samples_ms[n]) == 7 for n in "ab")
+
+
 class FakeClock:
     def __init__(self):
         self.t = 0.0

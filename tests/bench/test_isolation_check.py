@@ -1,0 +1,48 @@
+"""`python -m bench.isolation_check` on the tiny BERT: together (either mode) vs alone, machinery only."""
+import json
+import subprocess
+import sys
+
+import pytest
+
+from bench.gate_check import GateCheckConfig
+from bench.harness import MeasureConfig
+from bench.isolation_check import markdown, run_isolation_check
+from tests.conftest import REPO
+
+
+def test_isolation_check_on_tiny_models(tiny_bert_dir, tmp_path):
+    cfg = GateCheckConfig(work=tmp_path, model=str(tiny_bert_dir), eval_examples=16,
+                          measure=MeasureConfig(threads=1, latency_calls=10, throughput_batches=1,
+                                                throughput_rounds=2, warmup=2))
+    s = run_isolation_check(cfg, repeats=1, log=lambda *_: None, modes=("process", "inprocess"),
+                            models=("fp32", "onnx-int8"))
+    assert s["modes"] == ["process", "inprocess"] and set(s["passed_by_mode"]) == {"process", "inprocess"}
+    for mode in s["modes"]:
+        for n in ("fp32", "onnx-int8"):
+            for metric in ("p50_ms", "samples_per_s"):
+                assert len(s["ratios"][mode][n][metric]) == 1 and s["ratios"][mode][n][metric][0] > 0
+    run = s["runs"][0]  # one fresh process per 'together' mode and per model alone, each saying how it timed
+    assert {k for k in run if k != "loadavg_1m"} == {"together:process", "together:inprocess", "alone:fp32",
+                                                    "alone:onnx-int8"}
+    assert run["together:process"]["fp32"]["timing"]["mode"] == "process"
+    assert run["together:inprocess"]["fp32"]["timing"]["mode"] == "inprocess"
+    assert run["alone:onnx-int8"]["onnx-int8"]["timing"]["mode"] == "inprocess"
+    saved = json.loads((tmp_path / "isolation_check.json").read_text())
+    assert saved["median_ratios"] == s["median_ratios"]
+    md = markdown(s, "python -m bench.isolation_check")
+    assert md.count("| process |") == 4 and md.count("| inprocess |") == 4 and "within 10%" in md
+    assert md.count("| onnx-int8 | latency p50 |") == 3 and "process / inprocess, per repeat" in md
+
+
+def test_bad_input_is_one_line_and_exit_2(tmp_path):
+    p = subprocess.run([sys.executable, "-m", "bench.isolation_check", "--model", str(tmp_path / "nope"),
+                        "--output", str(tmp_path)], cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert p.returncode == 2 and p.stderr.strip() == f"error: --model {tmp_path / 'nope'} is not a directory"
+
+
+def test_rejects_unknown_modes_and_models(tmp_path):
+    with pytest.raises(ValueError, match="modes among"):
+        run_isolation_check(GateCheckConfig(work=tmp_path), modes=("thread",))
+    with pytest.raises(ValueError, match="models among"):
+        run_isolation_check(GateCheckConfig(work=tmp_path), models=("fp16",))
