@@ -147,7 +147,6 @@ def int8_artifact(tiny_bert_dir, tmp_path):
     ("not a model", ["{empty}"], "has no config.json"),
     ("quantized", ["{int8}"], "holds a torch-int8 model"),
     ("scheme", ["{tuned}", "--schemes", "int8", "int3"], "unknown scheme(s) ['int3']"),
-    ("no split", ["{tiny}", "--task", "trec"], "task 'trec' has no 'dev' split"),
     ("bad split", ["{tuned}", "--split", "validation"], "unknown split 'validation'"),
     ("no task", ["{tiny}"], "records no task"),
     ("labels", ["{tiny}", "--task", "sst5", "--eval-samples", "2"], "has 2 outputs but task 'sst5' has 5"),
