@@ -76,10 +76,12 @@ def export(artifact_dir: str | Path, out_dir: str | Path, target: str = "bundle"
         if target == "triton":
             from .triton import write_repository
 
-            bundle_tmp = tmp / ".bundle"
-            build_bundle(art, bundle_tmp, cfg, target="triton")
-            summary = write_repository(Bundle.load(bundle_tmp), tmp, cfg.name or out_dir.name, cfg)
-            shutil.rmtree(bundle_tmp)
+            bundle_tmp = Path(f"{tmp}-bundle")  # beside the repository, not inside it
+            try:
+                build_bundle(art, bundle_tmp, cfg, target="triton")
+                summary = write_repository(Bundle.load(bundle_tmp), tmp, cfg.name or out_dir.name, cfg)
+            finally:
+                shutil.rmtree(bundle_tmp, ignore_errors=True)
         else:
             summary = build_bundle(art, tmp, cfg, target=target)
         publish_dir(tmp, out_dir)

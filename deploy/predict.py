@@ -25,6 +25,7 @@ from pathlib import Path
 import numpy as np
 
 from chain.errors import DataError, SpecError
+from chain.faults import pause_point
 
 from .bundle import Bundle, sha256_file
 from .runtime import Classifier
@@ -123,6 +124,9 @@ def predict(cfg: PredictConfig) -> dict:
         raise SpecError("--output must differ from --input")
     rows, col = read_rows(inp, cfg.text_column, cfg.max_rows)
     texts = [r[col] for r in rows]
+    clash = [c for c in rows[0] if c.startswith("pred_")]
+    if clash:
+        raise DataError(f"input columns {clash} clash with the output's pred_* columns; rename them")
     clf = Classifier(bundle, threads=cfg.threads)
     key = {"input_sha256": sha256_file(inp), "model_sha256": sha256_file(bundle.model_file), "text_column": col,
            "max_rows": cfg.max_rows}
@@ -142,7 +146,7 @@ def predict(cfg: PredictConfig) -> dict:
             f.truncate()
             f.write(json.dumps(key) + "\n")
         t_model = time.perf_counter()
-        for b in todo:
+        for k, b in enumerate(todo):
             probs = clf.probabilities([texts[i] for i in b])
             f.write("".join(json.dumps({"i": int(i), "p": [round(float(x), 7) for x in p]}) + "\n"
                             for i, p in zip(b, probs)))
@@ -151,6 +155,7 @@ def predict(cfg: PredictConfig) -> dict:
             for i, p in zip(b, probs):
                 done[int(i)] = p
             bar.update(len(b))
+            pause_point(f"predict:batch:{k + 1}")  # crash tests stop here (chain/faults.py)
         model_s = time.perf_counter() - t_model
     probs = np.asarray([done[i] for i in range(len(texts))], dtype=np.float32)
     write_output(out, rows, probs, bundle.labels)
@@ -174,9 +179,6 @@ def write_output(out: Path, rows: list[dict], probs: np.ndarray, labels: list[st
     tmp = out.with_name(f".{out.name}.tmp")
     top = probs.argmax(-1)
     delim = FORMATS[out.suffix.lower()]
-    clash = [c for c in rows[0] if c.startswith("pred_")]
-    if clash:
-        raise DataError(f"input columns {clash} clash with the output's pred_* columns; rename them")
     with tmp.open("w", encoding="utf-8", newline="") as f:
         if delim is None:
             for r, k, p in zip(rows, top, probs):
