@@ -25,8 +25,9 @@ def lineage(art: Artifact, limit: int = 32) -> list[dict]:
         seen.add(cur.path.resolve())
         if not parent or not (Path(parent) / MANIFEST).is_file() or Path(parent).resolve() in seen:
             if parent and not (Path(parent) / MANIFEST).is_file():
+                note = "source model" if Path(parent).is_dir() else "not on this machine"
                 out.append({"stage": m.get("parent_stage") or Path(parent).name, "type": None,
-                            "format": None, "metrics": {}, "task": None, "note": "not on this machine"})
+                            "format": None, "metrics": {}, "task": None, "note": note})
             break
         cur = Artifact(Path(parent), json.loads((Path(parent) / MANIFEST).read_text()))
     return out[::-1]
@@ -46,11 +47,11 @@ def bench_row(art: Artifact) -> dict | None:
                 return None
             rows = res.get("stages") or res.get("rows") or {}
             row = rows.get(art.name) if isinstance(rows, dict) else next(
-                (r for r in rows if r.get("stage") == art.name), None)
+                (r for r in rows if art.name in (r.get("name"), r.get("stage"))), None)
             if row:
                 env = res.get("environment", {})
                 return {"latency_ms": row.get("latency_ms"), "throughput": row.get("throughput"),
-                        "machine": {k: env.get(k) for k in ("cpu", "threads", "date") if k in env}}
+                        "machine": {k: env.get(k) for k in ("cpu", "threads", "date", "loadavg_1m") if k in env}}
     return None
 
 
@@ -67,15 +68,14 @@ def render(name: str, meta: dict) -> str:
     for s in meta["lineage"]:
         acc = s["metrics"].get("accuracy")
         size = s["metrics"].get("size_mb")
-        lines.append(f"| {s['stage']} | {s.get('type') or '—'} | {s.get('task') or '—'} | "
-                     f"{f'{acc:.4f}' if isinstance(acc, float) else '—'} | {size if size is not None else '—'} |"
-                     + (f" ({s['note']})" if s.get("note") else ""))
+        lines.append(f"| {s['stage']} | {s.get('type') or s.get('note') or '—'} | {s.get('task') or '—'} | "
+                     f"{f'{acc:.4f}' if isinstance(acc, float) else '—'} | {size if size is not None else '—'} |")
     b = meta.get("bench")
     lines.append("")
     if b:
         lat, thr, mach = b.get("latency_ms") or {}, b.get("throughput") or {}, b.get("machine") or {}
         lines.append(f"Measured by `python -m bench` on {mach.get('cpu', 'unknown CPU')}, {mach.get('threads')} "
-                     f"threads, {mach.get('date')}: batch-1 latency p50 {lat.get('p50')} ms, p99 {lat.get('p99')} "
+                     f"threads, {mach.get('date')} (1-min load average {mach.get('loadavg_1m')}): batch-1 latency p50 {lat.get('p50')} ms, p99 {lat.get('p99')} "
                      f"ms; batch-32 throughput {thr.get('samples_per_s')} samples/s.")
     else:
         lines.append("Latency: not measured for this artifact (no bench results.json next to it).")
