@@ -3,7 +3,7 @@
 For each concurrency level, ``--requests`` single-sentence ``/predict`` requests (real
 SST-2 test sentences) are sent by that many concurrent client tasks; every answer is
 checked against the bundle's offline prediction of the same sentence (so a mixed-up or
-garbled batch shows as ``wrong``), every refusal must be an explicit 503, and anything
+garbled batch shows as ``garbled``), every refusal must be an explicit 503, and anything
 else (timeouts, resets, 5xx) counts as ``lost``. The offline figure is the same
 bundle's batch-32 throughput in one process (``Classifier``, same threads) measured
 just before the server starts, so "fraction of offline" says what HTTP, JSON and
@@ -27,6 +27,13 @@ from pathlib import Path
 
 import numpy as np
 
+# How far an answer may be from the sentence's own batch-1 probabilities and still be its
+# answer: batching moves fp32 scores by ~1e-6, but a dynamic-int8 graph computes its
+# activation scales over the whole batch, so batch-mates move its scores (by ~0.1 on the
+# fine-tuned MiniLM). The tolerance is twice what offline batching moved them (batch 1 vs
+# file-order batches of 32), and at least 1e-4.
+MIN_TOLERANCE = 1e-4
+
 
 def sst2_test(n: int) -> list[str]:
     from chain.task import builtin_task
@@ -34,20 +41,21 @@ def sst2_test(n: int) -> list[str]:
     return builtin_task("sst2").load("test").texts[:n]
 
 
-def offline(bundle: str, texts: list[str], threads: int) -> tuple[list[int], float]:
-    """(labels, batch-32 texts/s) of the bundle in this process."""
+def offline(bundle: str, texts: list[str], threads: int) -> tuple[np.ndarray, float, float]:
+    """(probabilities at batch 1, batch-32 texts/s, max |batch-32 - batch-1| probability)."""
     from .bundle import Bundle
     from .runtime import Classifier
 
     clf = Classifier(Bundle.load(bundle), threads=threads)
-    labels = [int(clf.probabilities([t]).argmax(-1)[0]) for t in texts]  # batch 1: no padding effects
+    probs = np.concatenate([clf.probabilities([t]) for t in texts])  # batch 1: no batch-mates
     batches = [texts[i:i + 32] for i in range(0, len(texts) - 31, 32)]
-    clf.probabilities(batches[0])
+    b32 = np.concatenate([clf.probabilities(b) for b in batches])  # also the warm-up
+    effect = float(np.abs(b32 - probs[:len(b32)]).max())
     t0 = time.perf_counter()
     for _ in range(2):
         for b in batches:
             clf.probabilities(b)
-    return labels, 2 * 32 * len(batches) / (time.perf_counter() - t0)
+    return probs, 2 * 32 * len(batches) / (time.perf_counter() - t0), effect
 
 
 def start_server(bundle: str, port: int, threads: int, *flags: str) -> subprocess.Popen:
@@ -71,39 +79,55 @@ def start_server(bundle: str, port: int, threads: int, *flags: str) -> subproces
     raise RuntimeError("server did not become ready in 180 s")
 
 
-async def level(url: str, texts: list[str], want: list[str], concurrency: int, n: int) -> dict:
-    import httpx
+async def level(url: str, texts: list[str], want: np.ndarray, labels: list[str], concurrency: int,
+                n: int, tolerance: float) -> dict:
+    """``n`` requests from ``concurrency`` client tasks (aiohttp: a lighter client than httpx,
+    so less of the shared CPU goes to the load generator)."""
+    import aiohttp
 
-    lat, status = [], {"ok": 0, "wrong": 0, "rejected": 0, "lost": 0}
+    lat, dev = [], []
+    status = {"ok": 0, "flipped": 0, "garbled": 0, "rejected": 0, "lost": 0}
     jobs = iter(range(n))
 
-    async def worker(client):
+    async def worker(session):
         for i in jobs:
             j = i % len(texts)
             t0 = time.perf_counter()
             try:
-                r = await client.post("/predict", json={"texts": [texts[j]]})
-            except httpx.HTTPError:
+                async with session.post(url + "/predict", json={"texts": [texts[j]]}) as r:
+                    code, body = r.status, await r.json()
+            except (aiohttp.ClientError, asyncio.TimeoutError, ValueError):
                 status["lost"] += 1
                 continue
             dt = time.perf_counter() - t0
-            if r.status_code == 200:
+            if code == 200:
                 lat.append(dt)
-                status["ok" if r.json()["labels"] == [want[j]] else "wrong"] += 1
-            elif r.status_code == 503 and "error" in r.json():
+                got = np.array([body["scores"][0][lab] for lab in labels])
+                d = float(np.abs(got - want[j]).max())
+                dev.append(d)
+                # garbled: not this sentence's answer (another request's, or broken); flipped:
+                # this sentence's answer, but a near-tie whose argmax moved with its batch-mates
+                if d > tolerance:
+                    status["garbled"] += 1
+                else:
+                    status["ok" if body["labels"] == [labels[int(want[j].argmax())]] else "flipped"] += 1
+            elif code == 503 and "error" in body:
                 status["rejected"] += 1
             else:
                 status["lost"] += 1
 
-    limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
-    async with httpx.AsyncClient(base_url=url, timeout=120, limits=limits) as client:
-        await client.post("/predict", json={"texts": ["warm up"]})
+    conn = aiohttp.TCPConnector(limit=concurrency)
+    async with aiohttp.ClientSession(connector=conn, timeout=aiohttp.ClientTimeout(total=120)) as session:
+        async with session.post(url + "/predict", json={"texts": ["warm up"]}) as r:
+            await r.read()
         t0 = time.perf_counter()
-        await asyncio.gather(*[worker(client) for _ in range(concurrency)])
+        await asyncio.gather(*[worker(session) for _ in range(concurrency)])
         wall = time.perf_counter() - t0
     ms = np.asarray(lat) * 1e3
+    answered = status["ok"] + status["flipped"] + status["garbled"]
     return {"concurrency": concurrency, "requests": n, **status, "wall_s": round(wall, 2),
-            "throughput": round((status["ok"] + status["wrong"]) / wall, 1),
+            "throughput": round(answered / wall, 1),
+            "max_abs_score_diff": round(max(dev), 6) if dev else None,
             "p50_ms": round(float(np.percentile(ms, 50)), 1) if len(ms) else None,
             "p99_ms": round(float(np.percentile(ms, 99)), 1) if len(ms) else None}
 
@@ -131,9 +155,9 @@ def run(bundle: str, levels: list[int], n: int, threads: int, overload_queue: in
 
     labels = Bundle.load(bundle).labels
     texts = sst2_test(1821)
-    want_ids, offline_tps = offline(bundle, texts[:512], threads)
-    want = [labels[k] for k in want_ids]
     texts = texts[:512]
+    want, offline_tps, effect = offline(bundle, texts, threads)
+    tol = max(MIN_TOLERANCE, 2 * effect)
     rows, extra = [], {}
     port = free_port()
     proc = start_server(bundle, port, threads)
@@ -141,7 +165,7 @@ def run(bundle: str, levels: list[int], n: int, threads: int, overload_queue: in
     try:
         for c in levels:
             before = scrape(url)
-            row = asyncio.run(level(url, texts, want, c, n))
+            row = asyncio.run(level(url, texts, want, labels, c, n, tol))
             after = scrape(url)
             calls = after["chainpress_batch_size_count"] - before["chainpress_batch_size_count"]
             row["mean_batch"] = round((after["chainpress_batch_size_sum"] - before["chainpress_batch_size_sum"])
@@ -157,14 +181,15 @@ def run(bundle: str, levels: list[int], n: int, threads: int, overload_queue: in
         proc = start_server(bundle, port, threads, "--max-queue", str(overload_queue), "--max-batch-size",
                             str(min(32, overload_queue)))
         try:
-            row = asyncio.run(level(f"http://127.0.0.1:{port}", texts, want, max(levels), n))
+            row = asyncio.run(level(f"http://127.0.0.1:{port}", texts, want, labels, max(levels), n, tol))
             row["note"] = f"--max-queue {overload_queue}"
             rows.append(row)
             print(json.dumps(row), flush=True)
         finally:
             proc.send_signal(signal.SIGTERM)
             proc.wait(timeout=60)
-    return {"offline_b32_texts_per_s": round(offline_tps, 1), "rows": rows, **extra}
+    return {"offline_b32_texts_per_s": round(offline_tps, 1), "offline_batch_effect": round(effect, 6),
+            "tolerance": round(tol, 6), "rows": rows, **extra}
 
 
 def render(res: dict, cmd: str, env: dict) -> str:
@@ -176,16 +201,22 @@ def render(res: dict, cmd: str, env: dict) -> str:
            "(other jobs were running on this machine). Date: " + env["date"] + ".", "",
            f"Bundle: {env['bundle']}. Offline batch-32 throughput of the same bundle in one process, same "
            f"threads: **{off} texts/s**.", "",
-           "Each request is one real SST-2 test sentence; each answer is checked against the offline "
-           "prediction of that sentence (`wrong` = mismatch); `rejected` = explicit 503; `lost` = anything "
-           "else (timeout, reset, other status).", "",
-           "| concurrency | requests | ok | wrong | rejected (503) | lost | p50 ms | p99 ms | throughput req/s "
-           "| mean batch | vs offline b32 |", "|---|---|---|---|---|---|---|---|---|---|---|"]
+           "Each request is one real SST-2 test sentence; each answer is compared with the offline batch-1 "
+           "probabilities of that sentence: `ok` = same label; `flipped` = within the tolerance of them but "
+           "the other label (a near-tie moved by its batch-mates); `garbled` = further than the tolerance "
+           "(someone else's answer); `rejected` = explicit 503 with a message; `lost` = anything else "
+           "(timeout, reset, other status). `max Δp` = the largest |probability difference| seen. Tolerance "
+           f"= max(1e-4, 2 x what offline batching moved the probabilities: {res['offline_batch_effect']}) = "
+           f"{res['tolerance']}.", "",
+           "| concurrency | requests | ok | flipped | garbled | rejected (503) | lost | p50 ms | p99 ms | "
+           "throughput req/s | mean batch | max Δp | vs offline b32 |",
+           "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in res["rows"]:
         frac = f"{r['throughput'] / off:.2f}" if off else "—"
         out.append(f"| {r['concurrency']}{' (' + r['note'] + ')' if r.get('note') else ''} | {r['requests']} | "
-                   f"{r['ok']} | {r['wrong']} | {r['rejected']} | {r['lost']} | {r['p50_ms']} | {r['p99_ms']} | "
-                   f"{r['throughput']} | {r.get('mean_batch', '—')} | {frac} |")
+                   f"{r['ok']} | {r['flipped']} | {r['garbled']} | {r['rejected']} | {r['lost']} | {r['p50_ms']} | "
+                   f"{r['p99_ms']} | {r['throughput']} | {r.get('mean_batch', '—')} | {r['max_abs_score_diff']} | "
+                   f"{frac} |")
     out += ["", "Drift gauges after this SST-2 traffic: " + ", ".join(
         f"`{k}` = {v:.3f}" for k, v in res.get("drift_psi_after_sst2_traffic", {}).items()), "",
             "Raw results: the JSON block below.", "", "```json", json.dumps(res, indent=1), "```", ""]
@@ -213,7 +244,7 @@ def main(argv: list[str] | None = None) -> int:
     a.output.parent.mkdir(parents=True, exist_ok=True)
     a.output.write_text(render(res, cmd, env))
     print(f"wrote {a.output}")
-    return 0 if all(r["lost"] == 0 and r["wrong"] == 0 for r in res["rows"]) else 1
+    return 0 if all(r["lost"] == 0 and r["garbled"] == 0 for r in res["rows"]) else 1
 
 
 if __name__ == "__main__":
