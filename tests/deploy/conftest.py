@@ -152,8 +152,7 @@ def in_process_server():
         th.join(timeout=30)
 
 
-@pytest.fixture(scope="session")
-def offline(bundle_dir):
+def offline_probs(bundle_dir: Path):
     """The bundle's predictions one text at a time, through plain onnxruntime (not deploy's
     runtime): what every server and batch answer must equal."""
     from transformers import AutoTokenizer
@@ -170,6 +169,16 @@ def offline(bundle_dir):
         return np.concatenate([softmax(onnx_logits(sess, tok([t], truncation=True, max_length=128,
                                                                 return_tensors="np"))) for t in texts])
     return probs
+
+
+@pytest.fixture(scope="session")
+def offline(bundle_dir):
+    return offline_probs(bundle_dir)
+
+
+@pytest.fixture(scope="session")
+def offline_for():
+    return offline_probs
 
 
 @pytest.fixture

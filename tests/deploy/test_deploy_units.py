@@ -121,3 +121,22 @@ def test_cli_bad_input_is_one_line_exit_2(args, message):
                        env={**os.environ, "PYTHONPATH": str(REPO)})
     assert r.returncode == 2 and message in r.stderr, r.stderr
     assert len(r.stderr.strip().splitlines()) == 1 and "Traceback" not in r.stderr
+
+
+def test_nothing_below_imports_deploy():
+    import re
+
+    pattern = re.compile(r"^\s*(from\s+deploy[\s.]|import\s+deploy\b)", re.M)
+    offenders = [str(p.relative_to(REPO)) for pkg in ("chain", "compress", "kernels", "bench")
+                 for p in (REPO / pkg).rglob("*.py") if pattern.search(p.read_text(encoding="utf-8"))]
+    assert offenders == []
+
+
+def test_importing_deploy_loads_no_server_or_model_library():
+    code = ("import sys, deploy, deploy.export, deploy.predict, deploy.drift\n"
+            "heavy = [m for m in ('fastapi', 'uvicorn', 'prometheus_client', 'onnxruntime', 'torch') if m in sys.modules]\n"
+            "print(heavy)")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+                       env={**os.environ, "PYTHONPATH": str(REPO)})
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.strip() == "[]"
