@@ -1,0 +1,197 @@
+"""``predict(bundle, input, output)``: batch prediction over a CSV, TSV or JSONL file.
+
+Length bucketing: texts are sorted by token count and cut into batches, so each batch
+is padded only to its own longest text (SST-2 test sentences run from 2 to 60+ tokens:
+file-order batches of 32 pad nearly every row to the longest of 32 random ones); rows
+are written back in input order. ``bucketing=False`` keeps file order, for comparison.
+
+Resume: after every batch its rows are appended (and fsync'ed) to ``OUTPUT.partial``,
+whose first line names the input's and the model's checksums. Run the same command
+again after an interruption and only the missing rows are computed; a partial file
+from a different input or model is an error, not silently mixed in. The output file
+appears, complete, by one rename at the end.
+
+>>> predict(PredictConfig(bundle="out/sst2", input="test.tsv", output="preds.jsonl"))
+"""
+from __future__ import annotations
+
+import csv
+import json
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from chain.errors import DataError, SpecError
+from chain.faults import pause_point
+
+from .bundle import Bundle, sha256_file
+from .runtime import Classifier
+
+FORMATS = {".csv": ",", ".tsv": "\t", ".jsonl": None}
+
+
+@dataclass
+class PredictConfig:
+    bundle: str
+    input: str
+    output: str
+    text_column: str | None = None  # default: "text", else "sentence"
+    batch_size: int = 32
+    bucketing: bool = True
+    threads: int = 2
+    progress: bool = True
+    max_rows: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.batch_size < 1:
+            raise SpecError(f"batch_size must be >= 1, got {self.batch_size}")
+        for p in (self.input, self.output):
+            if Path(p).suffix.lower() not in FORMATS:
+                raise SpecError(f"{p}: unknown file type; use .csv, .tsv or .jsonl")
+
+
+def read_rows(path: Path, text_column: str | None, max_rows: int | None = None) -> tuple[list[dict], str]:
+    if not path.is_file():
+        raise DataError(f"input file {path} not found")
+    delim = FORMATS[path.suffix.lower()]
+    try:
+        with path.open(encoding="utf-8", newline="") as f:
+            if delim is None:
+                rows = []
+                for i, line in enumerate(f, start=1):
+                    if line.strip():
+                        row = json.loads(line)
+                        if not isinstance(row, dict):
+                            raise DataError(f"{path} line {i}: expected a JSON object per line")
+                        rows.append(row)
+            else:
+                rows = list(csv.DictReader(f, delimiter=delim,
+                                           quoting=csv.QUOTE_NONE if delim == "\t" else csv.QUOTE_MINIMAL))
+    except UnicodeDecodeError as e:
+        raise DataError(f"{path} is not UTF-8 ({e}); re-encode it") from None
+    except json.JSONDecodeError as e:
+        raise DataError(f"{path}: not valid JSONL ({e})") from None
+    if not rows:
+        raise DataError(f"{path} has no rows")
+    rows = rows[:max_rows] if max_rows else rows
+    col = text_column or next((c for c in ("text", "sentence") if c in rows[0]), None)
+    if col is None or col not in rows[0]:
+        raise DataError(f"{path} has no column {text_column or 'text/sentence'!r} (columns: {sorted(rows[0])}); "
+                        "give --text-column")
+    for i, r in enumerate(rows):
+        if not isinstance(r.get(col), str) or not r[col].strip():
+            raise DataError(f"{path} row {i + 1}: empty or missing text in column {col!r}")
+    return rows, col
+
+
+def batches(lengths: list[int], batch_size: int, bucketing: bool) -> list[np.ndarray]:
+    """Index batches: by token length (stable, so ties keep file order) or in file order."""
+    order = np.argsort(lengths, kind="stable") if bucketing else np.arange(len(lengths))
+    return [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
+
+
+def _partial(output: Path) -> Path:
+    return output.with_name(output.name + ".partial")
+
+
+def _load_partial(path: Path, key: dict) -> dict[int, list[float]]:
+    if not path.is_file():
+        return {}
+    lines = path.read_text(encoding="utf-8").splitlines()
+    if not lines:
+        return {}
+    head = json.loads(lines[0])
+    if head != key:
+        raise DataError(f"{path} was written for another input, model or text column; delete it to start over")
+    done = {}
+    for line in lines[1:]:
+        try:
+            rec = json.loads(line)
+        except json.JSONDecodeError:
+            break  # the last line of a killed run may be cut; its batch is recomputed
+        done[int(rec["i"])] = rec["p"]
+    return done
+
+
+def predict(cfg: PredictConfig) -> dict:
+    """Predict every row of ``cfg.input`` into ``cfg.output``; return timing and counts."""
+    bundle = Bundle.load(cfg.bundle)
+    inp, out = Path(cfg.input), Path(cfg.output)
+    if inp.resolve() == out.resolve():
+        raise SpecError("--output must differ from --input")
+    rows, col = read_rows(inp, cfg.text_column, cfg.max_rows)
+    texts = [r[col] for r in rows]
+    clash = [c for c in rows[0] if c.startswith("pred_")]
+    if clash:
+        raise DataError(f"input columns {clash} clash with the output's pred_* columns; rename them")
+    clf = Classifier(bundle, threads=cfg.threads)
+    key = {"input_sha256": sha256_file(inp), "model_sha256": sha256_file(bundle.model_file), "text_column": col,
+           "max_rows": cfg.max_rows}
+    part = _partial(out)
+    done = _load_partial(part, key)
+    t0 = time.perf_counter()
+    lengths = clf.token_lengths(texts)
+    todo = [b for b in batches(lengths, cfg.batch_size, cfg.bucketing) if not all(int(i) in done for i in b)]
+    resumed = len(done)
+    from tqdm import tqdm
+
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with part.open("a", encoding="utf-8") as f, tqdm(total=len(texts), initial=resumed, unit="text",
+                                                     disable=not cfg.progress, desc="predict") as bar:
+        if resumed == 0:
+            f.seek(0)
+            f.truncate()
+            f.write(json.dumps(key) + "\n")
+        t_model = time.perf_counter()
+        for k, b in enumerate(todo):
+            probs = clf.probabilities([texts[i] for i in b])
+            f.write("".join(json.dumps({"i": int(i), "p": [round(float(x), 7) for x in p]}) + "\n"
+                            for i, p in zip(b, probs)))
+            f.flush()
+            os.fsync(f.fileno())
+            for i, p in zip(b, probs):
+                done[int(i)] = p
+            bar.update(len(b))
+            pause_point(f"predict:batch:{k + 1}")  # crash tests stop here (chain/faults.py)
+        model_s = time.perf_counter() - t_model
+    probs = np.asarray([done[i] for i in range(len(texts))], dtype=np.float32)
+    write_output(out, rows, probs, bundle.labels)
+    part.unlink()
+    computed = len(texts) - resumed
+    return {"rows": len(texts), "resumed_rows": resumed, "computed_rows": computed,
+            "seconds": round(time.perf_counter() - t0, 3), "model_seconds": round(model_s, 3),
+            "texts_per_s": round(computed / model_s, 1) if model_s > 0 and computed else None,
+            "bucketing": cfg.bucketing, "batch_size": cfg.batch_size, "output": str(out),
+            "padded_tokens": padded_tokens(lengths, cfg.batch_size, cfg.bucketing), "tokens": int(sum(lengths))}
+
+
+def padded_tokens(lengths: list[int], batch_size: int, bucketing: bool) -> int:
+    """Tokens the model actually runs (every row padded to its batch's longest)."""
+    return int(sum(len(b) * max(lengths[i] for i in b) for b in batches(lengths, batch_size, bucketing)))
+
+
+def write_output(out: Path, rows: list[dict], probs: np.ndarray, labels: list[str]) -> None:
+    """Input rows plus ``pred_label``, ``pred_score`` (top probability) and per-label scores,
+    in input order (a gold ``label`` column in the input is kept as it was)."""
+    tmp = out.with_name(f".{out.name}.tmp")
+    top = probs.argmax(-1)
+    delim = FORMATS[out.suffix.lower()]
+    with tmp.open("w", encoding="utf-8", newline="") as f:
+        if delim is None:
+            for r, k, p in zip(rows, top, probs):
+                f.write(json.dumps({**r, "pred_label": labels[int(k)], "pred_score": float(p[k]),
+                                    "pred_scores": dict(zip(labels, map(float, p)))}, ensure_ascii=False) + "\n")
+        else:
+            fields = list(rows[0]) + ["pred_label", "pred_score"] + [f"pred_score_{lab}" for lab in labels]
+            w = csv.DictWriter(f, fieldnames=fields, delimiter=delim, extrasaction="ignore",
+                               quoting=csv.QUOTE_MINIMAL, lineterminator="\n")
+            w.writeheader()
+            for r, k, p in zip(rows, top, probs):
+                w.writerow({**r, "pred_label": labels[int(k)], "pred_score": f"{p[k]:.6f}",
+                            **{f"pred_score_{lab}": f"{x:.6f}" for lab, x in zip(labels, p)}})
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, out)
