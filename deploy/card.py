@@ -19,7 +19,7 @@ def lineage(art: Artifact, limit: int = 32) -> list[dict]:
     while cur is not None and len(out) < limit:
         m = cur.manifest
         out.append({"stage": m.get("stage", cur.path.name), "type": m.get("stage_type"),
-                    "format": m.get("format", "hf"), "metrics": _plain(m.get("metrics", {})),
+                    "format": m.get("format", "hf"), "metrics": measured(m),
                     "task": (m.get("task") or {}).get("name")})
         parent = m.get("parent")
         seen.add(cur.path.resolve())
@@ -31,6 +31,16 @@ def lineage(art: Artifact, limit: int = 32) -> list[dict]:
             break
         cur = Artifact(Path(parent), json.loads((Path(parent) / MANIFEST).read_text()))
     return out[::-1]
+
+
+def measured(manifest: dict) -> dict:
+    """What the chain measured for an artifact: its own task's accuracy (the executor's
+    ``evaluations``, on the reported split), or an older manifest's ``metrics``."""
+    own = (manifest.get("task") or {}).get("name")
+    ev = (manifest.get("evaluations") or {}).get(own) or {}
+    if ev.get("accuracy") is not None:
+        return {"accuracy": ev["accuracy"], "examples": ev.get("examples")}
+    return _plain(manifest.get("metrics", {}))
 
 
 def _plain(metrics: dict) -> dict:

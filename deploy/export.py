@@ -108,7 +108,7 @@ def build_bundle(art: Artifact, dest: Path, cfg: ExportConfig, target: str = "bu
             "labels": labels, "num_labels": len(labels), "max_length": cfg.max_length,
             **io_names(dest / "model.onnx"), "model_info": model_info, "validation_texts": text_note,
             "source": {"stage": art.name, "format": art.format, "task": (art.manifest.get("task") or {}).get("name"),
-                       "metrics": card._plain(art.manifest.get("metrics", {})),
+                       "metrics": card.measured(art.manifest),
                        "created": art.manifest.get("created"), "versions": art.manifest.get("versions", {})},
             "lineage": card.lineage(art), "bench": card.bench_row(art), "export_config": _cfg_dict(cfg)}
     (dest / BUNDLE_JSON).write_text(json.dumps(meta, indent=2))  # the reference run reads it

@@ -234,7 +234,7 @@ def main(argv: list[str] | None = None) -> int:
     a = p.parse_args(argv)
     load_before = os.getloadavg()[0]
     res = run(a.bundle, [int(x) for x in a.levels.split(",")], a.requests, a.threads, a.overload_queue or None)
-    from bench.environment import environment
+    from chain.environment import environment
 
     e = environment(a.threads)
     env = {"cpu": e.get("cpu"), "cores": e.get("cores"), "date": f"{e.get('date')} {e.get('time')}",

@@ -1,7 +1,7 @@
 """``predict`` on the SST-2 test split with and without length bucketing, in one run, and
 its predictions against chainpress' offline evaluation of the artifact.
 
-The offline evaluation is the chain's own (``bench.backends``: batches of 64 sorted by
+The offline evaluation is the chain's own (``chain.evaluate``: batches of 64 sorted by
 length, the artifact's ONNX graph). Rounds alternate bucketed / file-order so a change
 in the machine's load hits both modes alike; texts/s counts the model loop only (batch
 tokenization included, file reading and model loading not).
@@ -23,7 +23,8 @@ import numpy as np
 def offline_labels(artifact_dir: str, texts: list[str], threads: int) -> list[int]:
     from transformers import AutoTokenizer
 
-    from bench.backends import encode_batches, load_predictor
+    from chain.predict import encode_batches
+    from chain.runtime import load_predictor
     from chain.artifact import Artifact
 
     art = Artifact.load(artifact_dir)
@@ -93,7 +94,7 @@ def main(argv: list[str] | None = None) -> int:
     a = p.parse_args(argv)
     before = os.getloadavg()[0]
     res = run(a.bundle, a.artifact, a.rounds, a.batch_size, a.threads)
-    from bench.environment import environment
+    from chain.environment import environment
 
     e = environment(a.threads)
     env = {"cpu": e.get("cpu"), "cores": e.get("cores"), "threads": a.threads, "date": f"{e.get('date')} {e.get('time')}",
