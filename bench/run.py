@@ -15,7 +15,7 @@ from pathlib import Path
 from chain.artifact import Artifact
 from chain.environment import environment
 from chain.executor import chain_session, exit_code
-from chain.records import Status
+from chain.records import StageRecord, Status
 from chain.stage import RunContext
 
 from .harness import MeasureConfig, measure_speed
@@ -56,8 +56,8 @@ def run_bench(cfg: BenchConfig, log=print, force: str | None = None, verbose: bo
                                   spec.trust_remote_code,
                                   progress=lambda what: log(f"[{time.perf_counter() - t0:6.0f}s] timing {what}"),
                                   reference=ref)
-            for row in rows:
-                row.update(speed.get(row["name"], {}))
+            for i, row in enumerate(rows):  # one key set for every row, timed or not
+                rows[i] = StageRecord.from_dict({**row, **speed.get(row["name"], {})}).to_dict()
         add_relative(rows, ref)
         results["total_wall_time_s"] = round(time.perf_counter() - t0, 1)
         results["exit_code"] = exit_code(results)

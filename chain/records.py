@@ -61,6 +61,8 @@ class StageRecord:
     accuracy_delta_points: float | None = None
     size_ratio: float | None = None
     memory_mb: dict | None = None
+    load_s: float | None = None  # model load time in its timing worker
+    first_call_ms: float | None = None  # its first batch-1 call (warm-up excluded from the timings)
     timing: dict | None = None
     threads: int | None = None
     samples_ms: dict | None = None
@@ -73,8 +75,10 @@ class StageRecord:
 
     @classmethod
     def from_dict(cls, d: dict) -> "StageRecord":
+        """A record from a row; keys it does not know go into ``extra`` (nothing is dropped)."""
         known = {f.name for f in fields(cls)}
-        return cls(**{**{k: v for k, v in d.items() if k in known}, "status": Status(d["status"])})
+        extra = {**(d.get("extra") or {}), **{k: v for k, v in d.items() if k not in known}}
+        return cls(**{**{k: v for k, v in d.items() if k in known}, "status": Status(d["status"]), "extra": extra})
 
 
 def record_keys() -> list[str]:
