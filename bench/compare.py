@@ -34,6 +34,7 @@ from pathlib import Path
 from statistics import NormalDist
 
 from chain.errors import ChainpressError
+from chain.jsonio import write_json_atomic
 
 # Gated speedups. Latency uses the 10%-trimmed mean (steadier run to run than the median at
 # equal calls); results without it (older runs) fall back to the median's speedup.
@@ -405,5 +406,5 @@ def run_compare(baselines: list[str | Path], current: str | Path, thresholds: Th
     cmp = compare_results(base, cur, thresholds, absolute, include_peers)
     log(format_table(cmp))
     if json_out:
-        Path(json_out).write_text(json.dumps(cmp.to_dict(), indent=2))
+        write_json_atomic(json_out, cmp.to_dict())
     return 1 if cmp.regressed else 0

@@ -32,6 +32,7 @@ from pathlib import Path
 from .compare import Thresholds, compare_results, merge_runs
 from .harness import MeasureConfig
 from .report import emit_markdown
+from chain.jsonio import write_json_atomic
 
 REFERENCE = "fp32"
 CHAIN = ("int8", "onnx", "onnx-int8")
@@ -209,7 +210,7 @@ def run_gate_check(cfg: GateCheckConfig, log=print) -> dict:
                "config": json.loads(json.dumps(asdict(cfg), default=str)), "rows": rows}
     summary["passed"] = (summary["same_code_fired"] <= max(1, cfg.runs // 10)
                          and summary["slowed_fired"] >= 0.9 * cfg.runs and summary["accuracy_drop_fired"] == cfg.runs)
-    (cfg.work / "gate_check.json").write_text(json.dumps(summary, indent=2))
+    write_json_atomic(cfg.work / "gate_check.json", summary)
     return summary
 
 

@@ -57,7 +57,7 @@ def launch_finetune(stage, parent: Artifact, out_dir: Path, ctx: RunContext) -> 
 def _load_config(path: Path):
     import yaml
 
-    from .finetune import FineTuneConfig
+    from .finetune_config import FineTuneConfig
     from .spec import build_dataclass
     from .task import builtin_task
 

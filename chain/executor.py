@@ -19,9 +19,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import fcntl
-import hashlib
-import json
 import logging
 import os
 import shutil
@@ -32,6 +29,7 @@ from pathlib import Path
 from typing import Callable, Iterator
 
 from .artifact import MANIFEST, Artifact, clean_stale, staging_dir, verify, write_manifest
+from .cache import dir_hash, output_lock, stage_key  # noqa: F401  (public here too)
 from .errors import ChainpressError, SpecError, TrainingError
 from .evaluate import Evaluator
 from .faults import pause_point
@@ -67,46 +65,6 @@ class Attempt:
     error: str = ""
     diverged: bool = False  # NaN/inf loss: a gate failure, not a crash
     wall_time_s: float = 0.0
-
-
-def dir_hash(path: Path) -> str:
-    """Content hash of a model directory (the source model's cache key). A chainpress
-    artifact used as a source is hashed without its manifest, which gains evaluations."""
-    h = hashlib.sha256()
-    for p in sorted(q for q in Path(path).rglob("*") if q.is_file() and q.name != MANIFEST):
-        h.update(str(p.relative_to(path)).encode())
-        with open(p, "rb") as f:
-            for block in iter(lambda: f.read(1 << 20), b""):
-                h.update(block)
-    return h.hexdigest()[:12]
-
-
-def stage_key(parent_key: str, stage_type: str, config, task_fingerprint: str | None,
-              not_in_key: tuple[str, ...] = ()) -> str:
-    cfg = {k: v for k, v in config_dict(config).items() if k not in not_in_key}
-    blob = json.dumps({"parent": parent_key, "type": stage_type, "config": cfg, "task": task_fingerprint},
-                      sort_keys=True, default=str)
-    return hashlib.sha256(blob.encode()).hexdigest()[:12]
-
-
-@contextlib.contextmanager
-def output_lock(out: Path) -> Iterator[None]:
-    """One run per output directory; the OS drops the lock if the process dies (kill -9)."""
-    if out.exists() and not out.is_dir():
-        raise SpecError(f"--output {out} is a file; give a directory")
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-        f = open(out / ".lock", "w")
-    except OSError as e:
-        raise SpecError(f"cannot write to --output {out} ({e.strerror}); choose a writable directory") from None
-    try:
-        try:
-            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            raise SpecError(f"another chainpress run is using {out}; wait for it or choose another --output") from None
-        yield
-    finally:
-        f.close()
 
 
 class ChainRun:

@@ -15,7 +15,7 @@ from .task import Task, normalize_text as normalize
 
 def train_texts(config) -> set[str]:
     """The texts a fine-tune stage trains on (its subsample included), normalised."""
-    from .finetune import train_dev
+    from .finetune_config import train_dev
 
     task = config.get_task()
     train, _ = train_dev(task, config)

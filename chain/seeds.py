@@ -13,15 +13,15 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import statistics
 import sys
 from pathlib import Path
 
 from .errors import ChainpressError, SpecError
 from .executor import run_chain
-from .finetune import FineTuneConfig
+from .finetune_config import FineTuneConfig
 from .spec import ChainSpec, load_spec
+from .jsonio import write_json_atomic
 
 
 def reseeded(spec: ChainSpec, stage: str, seed: int) -> ChainSpec:
@@ -74,7 +74,7 @@ def run_seeds(spec: ChainSpec, stage: str, seeds: list[int], out: Path | None = 
         log(f"seed {seed}: chain {b['chain_accuracy']:.4f}, direct {b['accuracy']:.4f}")
     summary = summarize(rows)
     summary["task"] = spec.baseline_stage().task
-    (out / "seeds.json").write_text(json.dumps(summary, indent=2))
+    write_json_atomic(out / "seeds.json", summary)
     (out / "seeds.md").write_text(markdown(summary, summary["task"]))
     return summary
 

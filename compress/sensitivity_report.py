@@ -16,15 +16,15 @@ Drops are fp32 - quantized, in accuracy points (0.01 accuracy = 1 point).
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 import time
 from pathlib import Path
 
 from chain.artifact import Artifact
-from chain.errors import ChainpressError, DataError, ModelError, SpecError
+from chain.errors import DataError, ModelError, SpecError
 from chain.task import SPLITS, Task, builtin_task
+from chain.jsonio import write_json_atomic
 
 # torch, transformers and compress.sensitivity are imported inside the functions: the
 # command line sets OMP_WAIT_POLICY before torch loads (see main).
@@ -191,7 +191,7 @@ def write_report(report: dict, output: str | os.PathLike = DEFAULT_OUTPUT, top: 
     _check_output(out, top)
     out.mkdir(parents=True, exist_ok=True)
     text = markdown(report, top)
-    (out / "sensitivity.json").write_text(json.dumps(report, indent=2) + "\n")
+    write_json_atomic(out / "sensitivity.json", report)
     (out / "sensitivity.md").write_text(text)
     return text
 

@@ -1,0 +1,194 @@
+"""The fine-tune stage's config and the data it trains on (decontaminated, subsampled).
+
+Kept apart from ``chain.finetune`` (the Trainer run) so a spec can be parsed and its data
+checked without importing the training code's dependencies.
+"""
+from __future__ import annotations
+
+import math
+import random
+import re
+from dataclasses import dataclass, field
+
+from .errors import SpecError
+from .task import Split, Task, builtin_task, normalize_text
+
+HEAD_POLICIES = ("auto", "new", "keep")
+
+
+@dataclass
+class LoraSettings:
+    """LoRA through ``peft``; the adapters are merged (``merge_and_unload``) before saving."""
+    r: int = 8
+    alpha: int = 16
+    dropout: float = 0.1
+    # None = the architecture's attention Q/V projections (chain.arch: query/value for BERT,
+    # q_lin/v_lin for DistilBERT, q_proj/v_proj for Llama, c_attn for GPT-2, ...)
+    target_modules: list[str] | None = None
+
+    def __post_init__(self) -> None:
+        for name in ("r", "alpha"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, int) or v <= 0:
+                raise SpecError(f"finetune.lora.{name} must be a positive integer, got {v!r}")
+        if not 0 <= self.dropout < 1:
+            raise SpecError(f"finetune.lora.dropout must be in [0, 1), got {self.dropout!r}")
+        if self.target_modules is None:
+            return
+        if not self.target_modules or not all(isinstance(m, str) for m in self.target_modules):
+            raise SpecError(f"finetune.lora.target_modules must be a list of module names, got {self.target_modules!r}")
+        self.target_modules = list(self.target_modules)
+
+
+@dataclass
+class DistillSettings:
+    """Knowledge distillation from a teacher (e.g. the unpruned parent) to recover accuracy.
+
+    loss = alpha * T^2 * KL(softmax(teacher / T) || softmax(student / T)) + (1 - alpha) * CE
+    (Hinton et al.; T^2 keeps the soft term's gradient scale independent of T).
+    """
+    # An earlier stage's name (in a chain) or the directory of an HF model / chainpress
+    # artifact with a head for this task.
+    teacher: str = ""
+    alpha: float = 0.5  # weight of the soft (KL) term
+    temperature: float = 2.0
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.teacher, str) or not self.teacher:
+            raise SpecError("finetune.distill.teacher: name the teacher: an earlier stage (e.g. the one before "
+                            "pruning) or a model directory")
+        if isinstance(self.alpha, bool) or not isinstance(self.alpha, (int, float)) or not 0 <= self.alpha <= 1:
+            raise SpecError(f"finetune.distill.alpha must be in [0, 1], got {self.alpha!r}")
+        t = self.temperature
+        if isinstance(t, bool) or not isinstance(t, (int, float)) or t <= 0:
+            raise SpecError(f"finetune.distill.temperature must be positive, got {self.temperature!r}")
+
+
+@dataclass
+class FineTuneConfig:
+    task: str | dict = "sst2"  # built-in task name or a Task as dict
+    epochs: float = 3.0
+    learning_rate: float = 1e-4
+    batch_size: int = 32
+    weight_decay: float = 0.01
+    warmup_ratio: float = 0.06
+    max_length: int = 128
+    seed: int = 42
+    max_train_samples: int | None = None
+    max_eval_samples: int | None = None
+    dev_fraction: float = 0.1  # used only when the task has no dev split
+    # Parts kept fixed: "embeddings" and/or "layers:K" (the first K encoder layers).
+    # Freezing MiniLM's 11.7M embedding parameters halves the AdamW step on CPU.
+    freeze: list[str] = field(default_factory=list)
+    lora: LoraSettings | None = None
+    distill: DistillSettings | None = None  # soft targets from a teacher (recovery after pruning)
+    # Head at the start: "auto" = the parent's head for this task if it carries one (or
+    # its current head if it was trained on this task), else a fresh one; "new"; "keep".
+    head: str = "auto"
+    # Fault injection for experiments and tests: permute the train and dev labels (seeded),
+    # as in a mislabelled data set, so the stage learns nothing useful and its gate must
+    # reject it. Test labels (what gates measure) are untouched.
+    shuffle_labels: bool = False
+    # Decontamination: drop from the training set every text of these task splits, e.g.
+    # [{"task": "sst2", "split": "test"}] (a chain spec's `decontaminate: true` fills it).
+    exclude: list[dict] = field(default_factory=list)
+    processes: int = 1  # > 1: DDP over N local processes via torchrun (gloo on CPU)
+    show_progress: bool = True
+    extra_args: dict = field(default_factory=dict)  # passed through to TrainingArguments
+
+    def __post_init__(self) -> None:
+        for name in ("epochs", "learning_rate", "batch_size", "max_length", "processes"):
+            v = getattr(self, name)
+            if not isinstance(v, (int, float)) or isinstance(v, bool) or not math.isfinite(v) or v <= 0:
+                raise SpecError(f"finetune.{name} must be a positive finite number, got {v!r}")
+        for name in ("weight_decay", "warmup_ratio"):
+            v = getattr(self, name, 0.0)
+            if not isinstance(v, (int, float)) or not math.isfinite(v) or v < 0:
+                raise SpecError(f"finetune.{name} must be a finite number >= 0, got {v!r}")
+        if self.extra_args:
+            _check_extra_args(self.extra_args)
+        for name in ("batch_size", "max_length", "processes", "seed"):
+            if not isinstance(getattr(self, name), int):
+                raise SpecError(f"finetune.{name} must be an integer, got {getattr(self, name)!r}")
+        for part in self.freeze:
+            if part != "embeddings" and not re.fullmatch(r"layers:\d+", str(part)):
+                raise SpecError(f"finetune.freeze: {part!r} is not 'embeddings' or 'layers:K'")
+        if not 0 < self.dev_fraction < 1:
+            raise SpecError(f"finetune.dev_fraction must be in (0, 1), got {self.dev_fraction}")
+        if self.head not in HEAD_POLICIES:
+            raise SpecError(f"finetune.head must be one of {HEAD_POLICIES}, got {self.head!r}")
+        for i, ex in enumerate(self.exclude):
+            if not isinstance(ex, dict) or set(ex) != {"task", "split"} or not isinstance(ex["split"], str):
+                raise SpecError(f"finetune.exclude[{i}] must be {{task: NAME or task mapping, split: NAME}}, got {ex!r}")
+        if isinstance(self.lora, dict):
+            self.lora = LoraSettings(**self.lora)
+        if isinstance(self.distill, dict):
+            self.distill = DistillSettings(**self.distill)
+        if self.lora is not None and self.freeze:
+            raise SpecError("finetune: `lora` already freezes the base model; remove `freeze`")
+
+    def get_task(self) -> Task:
+        return builtin_task(self.task) if isinstance(self.task, str) else Task.from_dict(self.task)
+
+
+def _check_extra_args(extra: dict) -> None:
+    """Unknown ``extra_args`` keys fail at validation, not when Trainer starts."""
+    import dataclasses
+
+    from transformers import TrainingArguments
+
+    known = {f.name for f in dataclasses.fields(TrainingArguments)}
+    unknown = sorted(set(extra) - known)
+    if unknown:
+        raise SpecError(f"finetune.extra_args: unknown TrainingArguments field(s) {unknown}; see "
+                        "transformers.TrainingArguments for the names")
+
+
+def excluded_texts(cfg: FineTuneConfig) -> set[str]:
+    """Normalised texts of the ``exclude`` splits (see ``FineTuneConfig.exclude``)."""
+    out = set()
+    for ex in cfg.exclude:
+        t = builtin_task(ex["task"]) if isinstance(ex["task"], str) else Task.from_dict(ex["task"])
+        out |= {normalize_text(x) for x in t.load(ex["split"]).texts}
+    return out
+
+
+def drop_texts(split: Split, texts: set[str]) -> Split:
+    keep = [i for i, t in enumerate(split.texts) if normalize_text(t) not in texts]
+    return Split([split.texts[i] for i in keep], [split.labels[i] for i in keep])
+
+
+def train_dev(task: Task, cfg: FineTuneConfig) -> tuple[Split, Split]:
+    """The stage's training and dev sets: decontaminated first, then subsampled."""
+    train = task.load("train")
+    if task.has_split("dev"):
+        dev = task.load("dev")
+    else:  # seeded holdout from train
+        idx = list(range(len(train)))
+        random.Random(cfg.seed).shuffle(idx)
+        n_dev = max(1, int(len(idx) * cfg.dev_fraction))
+        dev_idx, tr_idx = sorted(idx[:n_dev]), sorted(idx[n_dev:])
+        dev = Split([train.texts[i] for i in dev_idx], [train.labels[i] for i in dev_idx])
+        train = Split([train.texts[i] for i in tr_idx], [train.labels[i] for i in tr_idx])
+    if cfg.exclude:
+        banned = excluded_texts(cfg)
+        train, dev = drop_texts(train, banned), drop_texts(dev, banned)
+        if not len(train) or not len(dev):
+            raise SpecError(f"finetune.exclude removes every {'training' if not len(train) else 'dev'} text of "
+                            f"task {task.name!r}; it is the same data as an excluded split")
+    if cfg.max_train_samples:
+        train = _subsample(train, cfg.max_train_samples, cfg.seed)
+    if cfg.max_eval_samples:
+        dev = dev.head(cfg.max_eval_samples)
+    return train, dev
+
+
+def shuffled_labels(split: Split, seed: int) -> Split:
+    labels = list(split.labels)
+    random.Random(seed + 1).shuffle(labels)
+    return Split(split.texts, labels)
+
+
+def _subsample(split: Split, n: int, seed: int) -> Split:
+    idx = sorted(random.Random(seed).sample(range(len(split)), min(n, len(split))))
+    return Split([split.texts[i] for i in idx], [split.labels[i] for i in idx])
