@@ -60,6 +60,10 @@ def write_reports(results: dict, out_dir: Path, plots: bool = True) -> None:
           "their intervals plus a run-to-run noise floor (docs/gating.md). "
           "Rows marked (peer) are what a user gets without chainpress; they are not gated.",
           "", markdown_table(results), ""]
+    if results.get("best"):
+        from .best import markdown as best_markdown
+
+        md += best_markdown(results["best"])
     notes = [f"- `{s['name']}` {s['status']}: {s['reason']}" for s in results["stages"] if s.get("reason")]
     notes += [f"- `{s['name']}` saves no time over `{results['reference']}` on {s.get('backend')} here "
               f"(95% intervals of its speedups: {s['speedup_ci95']})" + (f"; {s['extra']['why']}" if (s.get("extra") or {}).get("why") else "")

@@ -18,9 +18,12 @@ from chain.executor import chain_session, exit_code
 from chain.records import Status
 from chain.stage import RunContext
 
+from .best import best_per_workload
 from .harness import MeasureConfig, measure_speed
 from .report import text_table, write_reports
 from .spec import BenchConfig, bench_spec, reference_of
+
+BUDGET_POINTS = 1.0  # "within budget": at most this many accuracy points below the reference
 
 
 def run_bench(cfg: BenchConfig, log=print, force: str | None = None, verbose: bool = False,
@@ -57,6 +60,7 @@ def run_bench(cfg: BenchConfig, log=print, force: str | None = None, verbose: bo
             for row in rows:
                 row.update(speed.get(row["name"], {}))
         add_relative(rows, ref)
+        results["best"] = best_per_workload(rows, ref, BUDGET_POINTS, spec.eval.split)
         results["total_wall_time_s"] = round(time.perf_counter() - t0, 1)
         results["exit_code"] = exit_code(results)
         writer(results)
