@@ -52,7 +52,9 @@ def write_reports(results: dict, out_dir: Path, plots: bool = True) -> None:
     md = [f"# chainpress bench: {results['task']}", "",
           f"Reference: `{results['reference']}` (speedups and Δacc are vs this stage). "
           f"Machine: {env.get('cpu')}, {env.get('threads')} threads, torch {env['versions'].get('torch')}, "
-          f"onnxruntime {env['versions'].get('onnxruntime')}. Date: {env.get('date')}.", "",
+          f"onnxruntime {env['versions'].get('onnxruntime')}, openvino {env['versions'].get('openvino')}. "
+          f"CPU flags: {', '.join(env.get('cpu_flags') or []) or 'unknown'}; load average (1 min) at the start: "
+          f"{env.get('loadavg_1m')}. Date: {env.get('date')}.", "",
           f"Latency: batch 1 over {results['measure'].get('latency_calls')} real test sentences; "
           "throughput: batch 32 over fixed real test batches, all stages timed interleaved in one process.",
           "Speedup p50 brackets: paired-bootstrap 95% interval over the interleaved rounds. "
