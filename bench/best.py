@@ -66,7 +66,8 @@ def _reason(pick: dict, candidates: list[dict], over: list[dict], get, reference
     timed_over = [r for r in over if get(r)]
     if timed_over:
         text += "; outside the budget: " + ", ".join(
-            f"{r['name']} ({100 * (r['accuracy'] - ref_acc):+.2f} pts)" for r in timed_over)
+            f"{r['name']}{' (peer)' if r.get('peer') else ''} ({100 * (r['accuracy'] - ref_acc):+.2f} pts)"
+            for r in timed_over)
     if peer is None:
         return text + "; no timed peer row is within the budget"
     return text + (f"; best peer {peer['name']} ({peer['backend']}, {peer['value']:g}, {peer['delta_points']:+.2f} "

@@ -94,7 +94,7 @@ def test_best_picks_per_workload_within_the_budget():
     assert thr["ratio"] == pytest.approx(940 / 650, abs=1e-3)
     assert thr["ours"]["delta_points"] == pytest.approx(0.4)
     for pick in (lat, thr):
-        assert "onnx-int4 (-3.00 pts)" in pick["reason"] and "bad-peer" in pick["reason"]
+        assert "onnx-int4 (-3.00 pts)" in pick["reason"] and "bad-peer (peer) (-18.00 pts)" in pick["reason"]
         assert "gone" not in pick["reason"]
     md = "\n".join(markdown(best))
     assert "## Best per workload" in md and "| batch-32 throughput (samples/s) | recovered-openvino-int8 |" in md

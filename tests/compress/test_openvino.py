@@ -17,7 +17,7 @@ from chain.predict import encode_batches
 from chain.runtime import load_predictor, runtimes
 from chain.task import builtin_task
 from compress.openvino import (ExportOpenVino, OpenVinoExportConfig, OpenVinoInt8Config, QuantizeOpenVinoInt8,
-                               cpu_has_bf16, ir_path)
+                               cpu_has_bf16, ir_path, resolve_precision)
 from compress.stages import ExportOnnx, QuantizeOnnxInt8
 from tests.conftest import save_tiny_bert
 from tests.stage_runner import run_stages
@@ -144,3 +144,11 @@ def test_bad_export_config_is_a_spec_error():
 def test_openvino_artifact_without_ir_is_a_clear_error(tmp_path):
     with pytest.raises(Exception, match="expected one OpenVINO .xml"):
         load_predictor(Artifact(tmp_path, {"format": "openvino", "stage": "x"}), 1)
+
+
+def test_auto_precision_is_decided_where_the_artifact_runs(chain_rows):
+    art = chain_rows["openvino"].artifact
+    auto = Artifact(art.path, {**art.manifest, "openvino": {**art.manifest["openvino"], "precision": "auto"}})
+    want = "bf16" if cpu_has_bf16() else "f32"
+    assert resolve_precision("auto") == want and resolve_precision("f32") == "f32"
+    assert load_predictor(auto, 1).backend == f"openvino-{want}"
