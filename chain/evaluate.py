@@ -22,6 +22,8 @@ from .errors import SpecError
 from .heads import load_head, set_head_
 from .task import Task
 
+_LABELS = {"onnx": "ONNX", "openvino": "OpenVINO"}  # runtime-only formats, as a note names them
+
 
 @dataclass
 class EvalConfig:
@@ -126,7 +128,7 @@ class Evaluator:
         for t in tasks:
             if t != own:
                 out[t] = {"accuracy": None, "examples": 0,
-                          "note": f"a {artifact.format} artifact has its own task's head only"}
+                          "note": f"an {_LABELS.get(artifact.format, artifact.format)} artifact has its own task's head only"}
                 continue
             pred = load_predictor(artifact, self.cfg.threads or 1, self.trust_remote_code)
             out[t] = {"accuracy": accuracy(pred, self._batches_for(artifact, t), self.split(t).labels),
