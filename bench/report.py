@@ -52,7 +52,9 @@ def write_reports(results: dict, out_dir: Path, plots: bool = True) -> None:
     md = [f"# chainpress bench: {results['task']}", "",
           f"Reference: `{results['reference']}` (speedups and Δacc are vs this stage). "
           f"Machine: {env.get('cpu')}, {env.get('threads')} threads, torch {env['versions'].get('torch')}, "
-          f"onnxruntime {env['versions'].get('onnxruntime')}. Date: {env.get('date')}.", "",
+          f"onnxruntime {env['versions'].get('onnxruntime')}, openvino {env['versions'].get('openvino')}. "
+          f"CPU flags: {', '.join(env.get('cpu_flags') or []) or 'unknown'}; load average (1 min) at the start: "
+          f"{env.get('loadavg_1m')}. Date: {env.get('date')}.", "",
           f"Latency: batch 1 over {results['measure'].get('latency_calls')} real test sentences; "
           "throughput: batch 32 over fixed real test batches; "
           + ("each stage timed in a worker process of its own, the workers driven in rotation on the same inputs."
@@ -63,6 +65,10 @@ def write_reports(results: dict, out_dir: Path, plots: bool = True) -> None:
           "their intervals plus a run-to-run noise floor (docs/gating.md). "
           "Rows marked (peer) are what a user gets without chainpress; they are not gated.",
           "", markdown_table(results), ""]
+    if results.get("best"):
+        from .best import markdown as best_markdown
+
+        md += best_markdown(results["best"])
     notes = [f"- `{s['name']}` {s['status']}: {s['reason']}" for s in results["stages"] if s.get("reason")]
     notes += [f"- `{s['name']}` saves no time over `{results['reference']}` on {s.get('backend')} here "
               f"(95% intervals of its speedups: {s['speedup_ci95']})" + (f"; {s['extra']['why']}" if (s.get("extra") or {}).get("why") else "")

@@ -18,9 +18,12 @@ from chain.executor import chain_session, exit_code
 from chain.records import StageRecord, Status
 from chain.stage import RunContext
 
+from .best import best_per_workload
 from .harness import MeasureConfig, measure_speed
 from .report import text_table, write_reports
 from .spec import BenchConfig, bench_spec, reference_of
+
+BUDGET_POINTS = 1.0  # "within budget": at most this many accuracy points below the reference
 
 
 def run_bench(cfg: BenchConfig, log=print, force: str | None = None, verbose: bool = False,
@@ -59,6 +62,7 @@ def run_bench(cfg: BenchConfig, log=print, force: str | None = None, verbose: bo
             for i, row in enumerate(rows):  # one key set for every row, timed or not
                 rows[i] = StageRecord.from_dict({**row, **speed.get(row["name"], {})}).to_dict()
         add_relative(rows, ref)
+        results["best"] = best_per_workload(rows, ref, BUDGET_POINTS, spec.eval.split)
         results["total_wall_time_s"] = round(time.perf_counter() - t0, 1)
         results["exit_code"] = exit_code(results)
         writer(results)

@@ -64,7 +64,7 @@ def library_versions() -> dict[str, str]:
 
     out = {"python": platform.python_version()}
     for name in ("torch", "transformers", "optimum", "optimum-onnx", "onnx", "onnxruntime",
-                 "bitsandbytes", "triton", "peft", "chainpress"):
+                 "openvino", "nncf", "optimum-intel", "bitsandbytes", "triton", "peft", "chainpress"):
         with contextlib.suppress(md.PackageNotFoundError):
             out[name] = md.version(name)
     return out

@@ -22,6 +22,8 @@ from .errors import SpecError
 from .heads import swap_head_
 from .task import Task
 
+_LABELS = {"onnx": "ONNX", "openvino": "OpenVINO"}  # runtime-only formats, as a note names them
+
 
 @dataclass
 class EvalConfig:
@@ -97,8 +99,10 @@ class Evaluator:
         return self._batches[task]
 
     def _measure(self, artifact: Artifact, tasks: list[str]) -> dict[str, dict]:
+        from .runtime import model_loader
+
         own = (artifact.manifest.get("task") or {}).get("name")
-        if artifact.format == "onnx":
+        if artifact.format != "hf" and model_loader(artifact.format) is None:  # onnx, openvino: a runtime only
             return self._measure_onnx(artifact, tasks, own)
         from .model import load_model
         from .predict import accuracy, torch_predictor
@@ -128,7 +132,7 @@ class Evaluator:
         for t in tasks:
             if t != own:
                 out[t] = {"accuracy": None, "examples": 0,
-                          "note": "an ONNX artifact has its own task's head only"}
+                          "note": f"an {_LABELS.get(artifact.format, artifact.format)} artifact has its own task's head only"}
                 continue
             pred = load_predictor(artifact, self.cfg.threads or 1, self.trust_remote_code)
             out[t] = {"accuracy": accuracy(pred, self._batches_for(artifact, t), self.split(t).labels),

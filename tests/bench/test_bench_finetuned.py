@@ -92,3 +92,27 @@ def test_labels_in_another_order_are_refused(trainer_model, tmp_path):
         from bench.spec import BenchConfig, bench_spec
 
         bench_spec(BenchConfig(finetuned=True))
+
+
+def test_an_onnx_directory_as_optimum_cli_writes_it(trainer_model, tmp_path):
+    """model.onnx + config.json + tokenizer, no chainpress manifest: read as an ONNX model,
+    evaluated as it is by a use_model stage and quantized from there."""
+    from chain.artifact import Artifact
+    from chain.executor import run_chain
+    from chain.spec import parse_spec
+    from optimum.onnxruntime import ORTModelForSequenceClassification
+
+    model, files = trainer_model
+    onnx_dir = tmp_path / "onnx"
+    ORTModelForSequenceClassification.from_pretrained(model, export=True).save_pretrained(onnx_dir)
+    from transformers import AutoTokenizer
+
+    AutoTokenizer.from_pretrained(model).save_pretrained(onnx_dir)
+    assert Artifact.load(onnx_dir).format == "onnx"
+    spec = parse_spec({"name": "t", "model": str(onnx_dir), "eval": {"threads": 1}, "tasks": {"c": {
+        "files": {k: str(v) for k, v in files.items()}, "text_column": "text", "label_column": "sentiment"}},
+        "stages": [{"name": "model", "type": "use_model", "task": "c"},
+                   {"name": "q", "type": "quantize_onnx_int8", "parent": "model"}]})
+    rows = {r["name"]: r for r in run_chain(spec, tmp_path / "o", log=lambda m: None)["stages"]}
+    assert rows["model"]["status"] == "ok" and rows["model"]["format"] == "onnx" and rows["model"]["accuracy"] >= 0.9
+    assert rows["q"]["status"] == "ok", rows["q"]["reason"]

@@ -1,0 +1,92 @@
+"""The best row per workload: the headline "fastest model within an accuracy budget".
+
+Batch-1 latency and batch-32 throughput can pick different artifacts (or runtimes), so
+each workload gets its own pick: the fastest non-peer row whose accuracy is within
+``budget_points`` of the reference, the fastest peer row within the same budget (a peer
+that loses more accuracy is not a model a user would ship either), and how many times
+faster ours is. Rows outside the budget are named with their loss, so the choice can be
+checked from results.json alone.
+
+The budget is measured on the bench's evaluation split (test, for now).
+"""
+from __future__ import annotations
+
+from chain.records import Status
+
+WORKLOADS = {
+    # name: (what is compared, how to read it from a row, True if higher is better)
+    "latency_b1": ("batch-1 p50 latency (ms)", lambda r: (r.get("latency_ms") or {}).get("p50"), False),
+    "throughput_b32": ("batch-32 throughput (samples/s)",
+                       lambda r: (r.get("throughput") or {}).get("samples_per_s"), True),
+}
+
+
+def _entry(row: dict, value: float, ref_acc: float) -> dict:
+    return {"name": row["name"], "backend": row.get("backend"), "value": value, "accuracy": row["accuracy"],
+            "delta_points": round(100 * (row["accuracy"] - ref_acc), 2)}
+
+
+def _fastest(rows: list[dict], get, higher: bool) -> dict | None:
+    timed = [r for r in rows if get(r)]
+    return (max if higher else min)(timed, key=get) if timed else None
+
+
+def best_per_workload(rows: list[dict], reference: str, budget_points: float = 1.0, split: str = "test") -> dict:
+    """``results["best"]``: per workload, our fastest row within budget, the best peer, the ratio, why."""
+    ref = next((r for r in rows if r["name"] == reference and Status(r["status"]).kept), None)
+    if ref is None or ref.get("accuracy") is None:
+        return {"reason": f"no kept, evaluated reference row {reference!r}: nothing to budget against"}
+    ref_acc = ref["accuracy"]
+    kept = [r for r in rows if Status(r["status"]).kept and r.get("accuracy") is not None]
+    within = [r for r in kept if 100 * (ref_acc - r["accuracy"]) <= budget_points + 1e-9]
+    over = [r for r in kept if r not in within]
+    out = {"reference": reference, "reference_accuracy": ref_acc, "budget_points": budget_points, "split": split}
+    for key, (what, get, higher) in WORKLOADS.items():
+        ours = _fastest([r for r in within if not r.get("peer")], get, higher)
+        peer = _fastest([r for r in within if r.get("peer")], get, higher)
+        pick = {"metric": what, "ours": _entry(ours, get(ours), ref_acc) if ours else None,
+                "peer": _entry(peer, get(peer), ref_acc) if peer else None, "ratio": None}
+        if ours and peer:
+            # ratio > 1: ours is faster (more samples/s, or fewer ms)
+            pick["ratio"] = round(get(ours) / get(peer) if higher else get(peer) / get(ours), 3)
+        pick["reason"] = _reason(pick, [r for r in within if not r.get("peer") and get(r)], over, get,
+                                 reference, ref_acc, budget_points, split)
+        out[key] = pick
+    return out
+
+
+def _reason(pick: dict, candidates: list[dict], over: list[dict], get, reference: str, ref_acc: float,
+            budget: float, split: str) -> str:
+    ours, peer = pick["ours"], pick["peer"]
+    if ours is None:
+        return f"no timed non-peer row is within {budget} point(s) of {reference!r} on {split}"
+    text = (f"{ours['name']} ({ours['backend']}) is the fastest of {len(candidates)} timed non-peer rows within "
+            f"{budget} point(s) of {reference!r} on {split} ({ours['value']:g}, accuracy {ours['accuracy']:.4f}, "
+            f"{ours['delta_points']:+.2f} pts)")
+    timed_over = [r for r in over if get(r)]
+    if timed_over:
+        text += "; outside the budget: " + ", ".join(
+            f"{r['name']}{' (peer)' if r.get('peer') else ''} ({100 * (r['accuracy'] - ref_acc):+.2f} pts)"
+            for r in timed_over)
+    if peer is None:
+        return text + "; no timed peer row is within the budget"
+    return text + (f"; best peer {peer['name']} ({peer['backend']}, {peer['value']:g}, {peer['delta_points']:+.2f} "
+                   f"pts): ours is {pick['ratio']:.2f}x " + ("faster" if pick["ratio"] >= 1 else "as fast"))
+
+
+def markdown(best: dict) -> list[str]:
+    """report.md's section: one table row per workload, then the reasons."""
+    if "latency_b1" not in best:
+        return ["## Best per workload", "", best.get("reason", ""), ""]
+    lines = ["## Best per workload", "",
+             f"Fastest row within {best['budget_points']} point(s) of `{best['reference']}` "
+             f"({best['reference_accuracy']:.4f}) on {best['split']}, ours and the peers' (ratio > 1: ours is faster).",
+             "", "| workload | chainpress | backend | value | peer | backend | value | ratio |", "|---|---|---|---|---|---|---|---|"]
+    for key in WORKLOADS:
+        p = best[key]
+        o, q = p["ours"] or {}, p["peer"] or {}
+        lines.append(f"| {p['metric']} | {o.get('name', '—')} | {o.get('backend', '—')} | {o.get('value', '—')} | "
+                     f"{q.get('name', '—')} | {q.get('backend', '—')} | {q.get('value', '—')} | "
+                     + (f"{p['ratio']:.2f}x" if p["ratio"] else "—") + " |")
+    lines += [""] + [f"- {WORKLOADS[k][0]}: {best[k]['reason']}" for k in WORKLOADS] + [""]
+    return lines

@@ -1,0 +1,300 @@
+"""OpenVINO: a runtime for our ONNX graphs, an IR artifact format, and NNCF int8.
+
+Why a second CPU runtime: on CPUs with AVX-512 VNNI/bf16 or AMX, OpenVINO's kernels beat
+ONNX Runtime's int8 path at batch 32 (issue 12), so the fastest output of a chain depends
+on the runtime as much as on the compression. Everything here is timed by bench's one
+primitive through ``chain.runtime``, like every other runtime.
+
+* runtimes: ``onnx`` artifacts run on OpenVINO with ``runtime: openvino`` (f32 hint) or
+  ``openvino-bf16``; the ``openvino`` format (IR ``.xml``/``.bin``) runs with the precision
+  hint its manifest names (``openvino.precision``: ``f32``; ``bf16``; ``auto`` = bf16 where
+  the CPU running it has native bf16, else f32, decided when it loads, so the artifact is
+  portable; ``default`` = OpenVINO's own choice, which is bf16 on a CPU with AVX512_BF16 or AMX).
+* ``export_openvino``: an fp32 ONNX or HF parent as IR, checked against the parent.
+* ``quantize_openvino_int8``: NNCF post-training int8 (``ModelType.TRANSFORMER``),
+  calibrated on the task's train split, checked against the parent on dev sentences.
+
+OpenVINO reads our fp32 ONNX directly, but not ONNX Runtime's contrib int8 graphs
+(QAttention, MatMulInteger with com.microsoft fusions): those parents are refused with a
+message saying which stage to put first.
+"""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import ClassVar
+
+import numpy as np
+
+from chain.artifact import Artifact
+from chain.errors import ExportValidationError, ModelError, SpecError
+from chain.predict import Predictor, encode_batches
+from chain.registry import register_stage
+from chain.runtime import load_predictor, register_runtime
+from chain.stage import RunContext, Stage
+
+from .onnx_quantize import copy_aux
+from .stages import calibration_texts, validation_texts
+
+PRECISIONS = ("f32", "bf16", "auto", "default")
+XML = "model.xml"
+
+
+def cpu_has_bf16() -> bool:
+    """Whether OpenVINO's CPU plugin has native bf16 here (AVX512_BF16 or AMX)."""
+    import openvino as ov
+
+    return "BF16" in ov.Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES")
+
+
+def _check_precision(precision: str) -> None:
+    if precision not in PRECISIONS:
+        raise SpecError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
+
+
+def resolve_precision(precision: str) -> str:
+    """``auto`` as this CPU runs it (bf16 with native bf16, else f32); the others as given."""
+    _check_precision(precision)
+    return ("bf16" if cpu_has_bf16() else "f32") if precision == "auto" else precision
+
+
+def compile_openvino(model, threads: int, precision: str = "f32"):
+    """``model`` (an ``ov.Model`` or a path OpenVINO reads: .xml, .onnx) compiled for the CPU
+    with ``threads`` inference threads and the precision hint (``default``: none given)."""
+    import openvino as ov
+
+    precision = resolve_precision(precision)
+    if precision == "bf16" and not cpu_has_bf16():
+        raise ModelError("this CPU has no native bf16 (AVX512_BF16 or AMX) for OpenVINO; use precision f32")
+    config = {"INFERENCE_NUM_THREADS": int(threads), "PERFORMANCE_HINT": "LATENCY", "NUM_STREAMS": 1}
+    if precision != "default":
+        config["INFERENCE_PRECISION_HINT"] = precision
+    core = ov.Core()
+    return core.compile_model(core.read_model(str(model)) if isinstance(model, (str, Path)) else model, "CPU", config)
+
+
+def openvino_fn(compiled):
+    """A batch-in, logits-out function over one infer request (logits are copied out of it)."""
+    names = {n for port in compiled.inputs for n in port.get_names()}
+    request = compiled.create_infer_request()
+
+    def run(enc: dict) -> np.ndarray:
+        request.infer({k: np.asarray(v, dtype=np.int64) for k, v in enc.items() if k in names})
+        return np.array(request.get_output_tensor(0).data, dtype=np.float32)
+
+    return run
+
+
+def ir_path(artifact: Artifact) -> Path:
+    """The IR file of an ``openvino`` artifact: the manifest's ``openvino.xml``, else the only .xml."""
+    name = (artifact.manifest.get("openvino") or {}).get("xml")
+    if name:
+        return artifact.path / name
+    found = sorted(artifact.path.glob("*.xml"))
+    if len(found) != 1:
+        raise ModelError(f"{artifact.path}: expected one OpenVINO .xml file, found {len(found)}")
+    return found[0]
+
+
+@register_runtime("openvino")
+def openvino_predictor(artifact: Artifact, threads: int, trust_remote_code: bool = False) -> Predictor:
+    precision = resolve_precision((artifact.manifest.get("openvino") or {}).get("precision", "f32"))
+    return Predictor(artifact.name, f"openvino-{precision}",
+                     openvino_fn(compile_openvino(ir_path(artifact), threads, precision)))
+
+
+def _onnx_on_openvino(precision: str):
+    def load(artifact: Artifact, threads: int, trust_remote_code: bool = False) -> Predictor:
+        refuse_contrib_ops(artifact.path / "model.onnx")
+        return Predictor(artifact.name, f"openvino-{precision}",
+                         openvino_fn(compile_openvino(artifact.path / "model.onnx", threads, precision)))
+    return load
+
+
+register_runtime("onnx", "openvino")(_onnx_on_openvino("f32"))
+register_runtime("onnx", "openvino-bf16")(_onnx_on_openvino("bf16"))
+
+
+def refuse_contrib_ops(onnx_path: Path) -> None:
+    """ModelError if the graph uses ONNX Runtime's contrib ops, which OpenVINO cannot read."""
+    import onnx
+
+    graph = onnx.load(str(onnx_path), load_external_data=False).graph
+    contrib = sorted({n.op_type for n in graph.node if n.domain == "com.microsoft"})
+    if contrib:
+        raise ModelError(f"{onnx_path} uses ONNX Runtime contrib ops ({', '.join(contrib[:5])}) that OpenVINO "
+                         "cannot read; give an fp32 ONNX parent (an export_onnx stage) instead")
+
+
+def to_openvino(parent: Artifact, example: dict, trust_remote_code: bool = False):
+    """The parent as an ``ov.Model``: an fp32 ONNX graph read as is, an HF model converted
+    from PyTorch with ``example`` (a tokenized batch) tracing it (every dimension dynamic)."""
+    import openvino as ov
+
+    if parent.format == "onnx":
+        refuse_contrib_ops(parent.path / "model.onnx")
+        return ov.Core().read_model(str(parent.path / "model.onnx"))
+    if parent.format != "hf":
+        raise SpecError(f"OpenVINO conversion reads an fp32 onnx or hf parent, got {parent.format} "
+                        f"from {parent.path}")
+    import torch
+
+    from chain.model import load_model
+
+    model = load_model(parent, trust_remote_code=trust_remote_code).eval()
+    model.config.return_dict = False  # a tuple output traces to a plain `logits` output
+    with torch.inference_mode():
+        ov_model = ov.convert_model(model, example_input={k: torch.from_numpy(v) for k, v in example.items()})
+    for port in ov_model.outputs[:1]:
+        port.get_tensor().set_names({"logits"})
+    return ov_model
+
+
+def compare(reference: Predictor, candidate: Predictor, tokenizer, texts: list[str],
+            batch_sizes=(1, 8), max_length: int = 128) -> dict:
+    """Max |logit difference| and argmax agreement of ``candidate`` vs ``reference``."""
+    max_diff, agree, n = 0.0, 0, 0
+    for bs in batch_sizes:
+        for _, enc in encode_batches(tokenizer, texts, bs, max_length):
+            ref, got = reference(enc), candidate(enc)
+            max_diff = max(max_diff, float(np.abs(ref - got).max()))
+            agree += int((ref.argmax(-1) == got.argmax(-1)).sum())
+            n += len(ref)
+    return {"max_abs_diff": float(f"{max_diff:.3g}"), "argmax_agreement": round(agree / max(n, 1), 4), "compared": n}
+
+
+def save_ir(ov_model, out_dir: Path, parent: Artifact) -> None:
+    """IR with float weights kept fp32 (OpenVINO's own default would halve them to fp16)."""
+    import openvino as ov
+
+    ov.save_model(ov_model, str(out_dir / XML), compress_to_fp16=False)
+    copy_aux(parent.path, out_dir)
+
+
+def _example(tokenizer) -> dict:
+    enc = tokenizer(["a short sentence to trace", "and a second, somewhat longer one to pad"], padding=True,
+                    return_tensors="np")
+    return {k: v.astype(np.int64) for k, v in enc.items()}
+
+
+@dataclass
+class OpenVinoExportConfig:
+    precision: str = "f32"  # the inference precision hint the artifact runs with (see PRECISIONS)
+    atol: float = 1e-3  # max |logit difference| vs the parent, at f32 (OpenVINO fuses and reorders sums)
+    min_agreement: float = 0.95  # argmax agreement vs the parent at bf16/default (no atol there)
+    validation_samples: int = 32
+
+    def __post_init__(self) -> None:
+        _check_precision(self.precision)
+        if self.atol <= 0 or not 0 < self.min_agreement <= 1:
+            raise SpecError(f"atol must be > 0 and min_agreement in (0, 1], got {self.atol}, {self.min_agreement}")
+
+
+def _tokenizer(parent: Artifact, trust_remote_code: bool):
+    from chain.model import load_tokenizer
+
+    return load_tokenizer(parent, trust_remote_code)
+
+
+def _check(parent: Artifact, out_dir: Path, manifest: dict, texts: list[str], ctx: RunContext,
+           atol: float | None, min_agreement: float, what: str) -> dict:
+    """Compare the saved IR with the parent on real ``texts``; raise if it drifts too far."""
+    tok = _tokenizer(parent, ctx.trust_remote_code)
+    threads = ctx.threads or 1
+    report = compare(load_predictor(parent, threads, ctx.trust_remote_code),
+                     openvino_predictor(Artifact(out_dir, manifest), threads), tok, texts)
+    if (atol is not None and report["max_abs_diff"] > atol) or report["argmax_agreement"] < min_agreement:
+        raise ExportValidationError(
+            f"{what} does not match its parent on {report['compared']} real sentences: max|diff| "
+            f"{report['max_abs_diff']:.2e}" + (f" (atol {atol})" if atol is not None else "")
+            + f", argmax agreement {report['argmax_agreement']:.3f} (min {min_agreement})")
+    return report
+
+
+@register_stage("export_openvino")
+@dataclass
+class ExportOpenVino(Stage):
+    """OpenVINO IR of an fp32 ONNX or HF parent, checked against the parent on real sentences."""
+    needs_task: ClassVar[bool] = True
+    parent_formats: ClassVar[tuple[str, ...]] = ("onnx", "hf")
+    output_format: ClassVar[str] = "openvino"
+    config: OpenVinoExportConfig = field(default_factory=OpenVinoExportConfig)
+    name: str = "openvino"
+    parent: str | None = None
+
+    def run(self, parent: Artifact, out_dir: Path, ctx: RunContext) -> dict:
+        cfg = self.config
+        if cfg.precision == "bf16" and not cpu_has_bf16():
+            return {"format": "openvino", "skip_reason": "this CPU has no native bf16 (AVX512_BF16 or AMX) "
+                    "for OpenVINO"}
+        texts = validation_texts(ctx, self.name, cfg.validation_samples)
+        save_ir(to_openvino(parent, _example(_tokenizer(parent, ctx.trust_remote_code)), ctx.trust_remote_code),
+                out_dir, parent)
+        manifest = {"format": "openvino", "openvino": {"xml": XML, "precision": cfg.precision}}
+        exact = resolve_precision(cfg.precision) == "f32"
+        report = _check(parent, out_dir, manifest, texts, ctx, cfg.atol if exact else None,
+                        cfg.min_agreement, f"OpenVINO IR ({cfg.precision})")
+        return {**manifest, "validation": report, "from_format": parent.format}
+
+
+@dataclass
+class OpenVinoInt8Config:
+    calibration_samples: int = 300  # NNCF's default subset_size
+    preset: str = "mixed"  # NNCF QuantizationPreset: mixed (asymmetric activations) or performance
+    fast_bias_correction: bool = True
+    # inference hint for the layers NNCF leaves in float; auto = bf16 where the CPU has it: on the
+    # AMD EPYC (avx512_bf16) it took the recovered int8 graph from 281 to 316 samples/s at batch 32
+    # (docs/results/bench-openvino-2026-12-02-extra.md)
+    precision: str = "f32"
+    min_agreement: float = 0.95  # argmax agreement vs the parent on dev sentences; below it fails
+    validation_samples: int = 64
+    max_length: int = 128
+
+    def __post_init__(self) -> None:
+        _check_precision(self.precision)
+        if self.preset not in ("mixed", "performance"):
+            raise SpecError(f"preset must be 'mixed' or 'performance', got {self.preset!r}")
+        if self.calibration_samples < 1 or self.validation_samples < 1:
+            raise SpecError("calibration_samples and validation_samples must be >= 1")
+        if not 0 < self.min_agreement <= 1:
+            raise SpecError(f"min_agreement must be in (0, 1], got {self.min_agreement}")
+
+
+def nncf_int8(ov_model, batches: list[dict], cfg: OpenVinoInt8Config):
+    """NNCF post-training int8 of ``ov_model`` calibrated on tokenized ``batches``."""
+    import nncf
+
+    nncf.set_log_level(logging.ERROR)
+    names = {n for port in ov_model.inputs for n in port.get_names()}
+    data = nncf.Dataset(batches, lambda enc: {k: v for k, v in enc.items() if k in names})
+    return nncf.quantize(ov_model, data, preset=getattr(nncf.QuantizationPreset, cfg.preset.upper()),
+                         model_type=nncf.ModelType.TRANSFORMER, subset_size=len(batches),
+                         fast_bias_correction=cfg.fast_bias_correction)
+
+
+@register_stage("quantize_openvino_int8")
+@dataclass
+class QuantizeOpenVinoInt8(Stage):
+    """NNCF int8 of an fp32 ONNX or HF parent for OpenVINO, calibrated on the task's train split."""
+    needs_task: ClassVar[bool] = True
+    parent_formats: ClassVar[tuple[str, ...]] = ("onnx", "hf")
+    output_format: ClassVar[str] = "openvino"
+    config: OpenVinoInt8Config = field(default_factory=OpenVinoInt8Config)
+    name: str = "openvino-int8"
+    parent: str | None = None
+
+    def run(self, parent: Artifact, out_dir: Path, ctx: RunContext) -> dict:
+        cfg = self.config
+        if cfg.precision == "bf16" and not cpu_has_bf16():
+            return {"format": "openvino", "skip_reason": "this CPU has no native bf16 (AVX512_BF16 or AMX) "
+                    "for OpenVINO"}
+        tok = _tokenizer(parent, ctx.trust_remote_code)
+        calib = [enc for _, enc in encode_batches(tok, calibration_texts(ctx, self.name, cfg.calibration_samples),
+                                                  1, cfg.max_length)]
+        checks = validation_texts(ctx, self.name, cfg.validation_samples)
+        save_ir(nncf_int8(to_openvino(parent, _example(tok), ctx.trust_remote_code), calib, cfg), out_dir, parent)
+        manifest = {"format": "openvino", "openvino": {"xml": XML, "precision": cfg.precision}}
+        report = _check(parent, out_dir, manifest, checks, ctx, None, cfg.min_agreement, "NNCF int8 model")
+        return {**manifest, "validation": report, "from_format": parent.format, "calibration_samples": len(calib),
+                "quantization": {"tool": "nncf", "preset": cfg.preset, "model_type": "transformer"}}

@@ -1,0 +1,115 @@
+"""OpenVINO / bf16 peers on a tiny BERT, a peer that fails, and the best-per-workload pick."""
+import numpy as np
+import pytest
+
+from bench.best import best_per_workload, markdown
+from bench.peers_openvino import OpenVinoInt8Peer, OpenVinoPeer, TorchBf16Peer
+from chain.executor import exit_code
+from chain.model import load_tokenizer
+from chain.predict import encode_batches
+from chain.runtime import load_predictor
+from chain.task import builtin_task
+from tests.conftest import save_tiny_bert
+from tests.stage_runner import run_stages
+
+BF16_RTOL = 5e-2  # bf16 activations, relative to the logit scale
+
+
+@pytest.fixture(scope="module")
+def varied_bert(tmp_path_factory):
+    """A tiny BERT whose logits depend on the sentence (tests/compress/test_openvino.py says why)."""
+    return save_tiny_bert(tmp_path_factory.mktemp("varied") / "bert", initializer_range=0.3)
+
+
+@pytest.fixture(scope="module")
+def peer_rows(varied_bert, tmp_path_factory):
+    out = tmp_path_factory.mktemp("ovpeers")
+    stages = [OpenVinoPeer(parent="source"), OpenVinoInt8Peer(parent="source"), TorchBf16Peer(parent="source")]
+    return {r.name: r for r in run_stages(varied_bert, stages, out)}
+
+
+def test_peers_run_and_match_the_reference(peer_rows, varied_bert):
+    from chain.artifact import Artifact
+
+    src = Artifact.load(varied_bert)
+    tok = load_tokenizer(src)
+    texts = builtin_task("sst2").load("test").texts[:48]
+    batches = encode_batches(tok, texts, 8)
+    ref = np.concatenate([load_predictor(src, 1)(e) for _, e in batches])
+    scale = np.abs(ref).max()
+    for name, backend in (("openvino", "openvino-default"), ("torch-bf16", "pytorch+bf16")):
+        r = peer_rows[name]
+        assert r.status == "ok" and r.row["peer"] is True, (name, r.reason)
+        pred = load_predictor(r.artifact, 1)
+        assert pred.backend == backend
+        got = np.concatenate([pred(e) for _, e in batches])
+        assert np.abs(got - ref).max() <= BF16_RTOL * scale, name  # default precision is bf16 on bf16 CPUs
+        assert (got.argmax(-1) == ref.argmax(-1)).mean() >= 0.95, name
+    q = peer_rows["openvino-int8"]
+    assert q.status == "ok" and q.row["accuracy"] is not None, q.reason
+    assert 'type="FakeQuantize"' in (q.artifact.path / "openvino_model.xml").read_text()
+    assert q.artifact.manifest["recipe"].startswith("OVQuantizer")
+    assert peer_rows["torch-bf16"].artifact.manifest["runtime"] == "torch-bf16"
+
+
+def test_a_failing_peer_is_a_skipped_row_not_a_crash(tiny_bert_dir, tmp_path, monkeypatch):
+    import optimum.intel
+
+    def broken(*a, **k):
+        raise RuntimeError("no OpenVINO frontend for this model")
+
+    monkeypatch.setattr(optimum.intel.OVModelForSequenceClassification, "from_pretrained", broken)
+    rows = run_stages(tiny_bert_dir, [OpenVinoPeer(parent="source"), OpenVinoInt8Peer(parent="source")],
+                      tmp_path / "out")
+    for r in rows:
+        assert r.status == "skipped" and "failed on this machine" in r.reason and "no OpenVINO frontend" in r.reason
+        assert r.row["peer"] is True
+    assert exit_code({"stages": [r.row for r in rows]}) == 0
+
+
+def _row(name, acc, p50, sps, peer=False, backend="onnxruntime", status="ok"):
+    return {"name": name, "status": status, "accuracy": acc, "peer": peer, "backend": backend,
+            "latency_ms": {"p50": p50}, "throughput": {"samples_per_s": sps}}
+
+
+def synthetic_rows():
+    return [
+        _row("finetune", 0.880, 18.0, 150, backend="pytorch"),
+        _row("onnx-int8", 0.875, 2.3, 480),  # fastest at batch 1 within budget
+        _row("recovered-openvino-int8", 0.884, 3.1, 940, backend="openvino-f32"),  # fastest at batch 32
+        _row("onnx-int4", 0.850, 1.5, 2000),  # fastest of all, but -3 points: excluded
+        _row("gone", 0.95, 0.1, 99999, status="failed"),  # not kept: never picked
+        _row("openvino", 0.881, 3.0, 650, peer=True, backend="openvino-default"),
+        _row("torch-bf16", 0.881, 25.0, 280, peer=True, backend="pytorch+bf16"),
+        _row("bad-peer", 0.70, 0.5, 5000, peer=True),  # outside the budget: not the best peer
+    ]
+
+
+def test_best_picks_per_workload_within_the_budget():
+    best = best_per_workload(synthetic_rows(), "finetune", budget_points=1.0)
+    lat, thr = best["latency_b1"], best["throughput_b32"]
+    assert lat["ours"]["name"] == "onnx-int8" and lat["peer"]["name"] == "openvino"
+    assert lat["ratio"] == pytest.approx(3.0 / 2.3, abs=1e-3)
+    assert thr["ours"]["name"] == "recovered-openvino-int8" and thr["peer"]["name"] == "openvino"
+    assert thr["ratio"] == pytest.approx(940 / 650, abs=1e-3)
+    assert thr["ours"]["delta_points"] == pytest.approx(0.4)
+    for pick in (lat, thr):
+        assert "onnx-int4 (-3.00 pts)" in pick["reason"] and "bad-peer (peer) (-18.00 pts)" in pick["reason"]
+        assert "gone" not in pick["reason"]
+    md = "\n".join(markdown(best))
+    assert "## Best per workload" in md and "| batch-32 throughput (samples/s) | recovered-openvino-int8 |" in md
+    assert "1.45x" in md
+
+
+def test_best_budget_edges():
+    rows = synthetic_rows()
+    # a wider budget admits int4 for both workloads
+    wide = best_per_workload(rows, "finetune", budget_points=5.0)
+    assert wide["latency_b1"]["ours"]["name"] == wide["throughput_b32"]["ours"]["name"] == "onnx-int4"
+    # no peers: ours is still picked, ratio is None and the reason says so
+    alone = best_per_workload([r for r in rows if not r["peer"]], "finetune")
+    assert alone["latency_b1"]["ratio"] is None and "no timed peer" in alone["latency_b1"]["reason"]
+    # no evaluated reference: nothing to budget against, said once
+    none = best_per_workload(rows, "missing")
+    assert "latency_b1" not in none and "missing" in none["reason"]
+    assert markdown(none)[0] == "## Best per workload"
