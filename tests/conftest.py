@@ -13,6 +13,11 @@ from pathlib import Path
 import pytest
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+# Triton decides at import time whether its own @jit functions (tl.zeros, ...) are interpreted:
+# bitsandbytes and torch.compile import triton, so a compress or bench test that runs before
+# tests/kernels would otherwise leave the kernels' interpreter tests calling compiled stubs.
+# No test here has a GPU; the kernels stage reports the interpreter as "not a runtime to time".
+os.environ.setdefault("TRITON_INTERPRET", "1")
 
 REPO = Path(__file__).resolve().parents[1]
 SST2 = REPO / "chain" / "data" / "sst2"

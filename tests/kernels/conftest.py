@@ -15,6 +15,9 @@ import torch  # noqa: E402
 
 _compiled_early = [m for m in ("kernels.attention", "kernels.bias_gelu", "kernels.int4_gemm", "kernels.int8_gemm",
                                "kernels.residual_layernorm") if m in sys.modules]
+_std = sys.modules.get("triton.language.standard")  # triton's own @jit helpers (tl.zeros, ...)
+if _std is not None and type(getattr(_std, "zeros", None)).__name__ == "JITFunction":
+    _compiled_early.append("triton.language (imported without the interpreter, e.g. by bitsandbytes)")
 if _compiled_early:  # imported by an earlier test directory without the interpreter flag
     raise RuntimeError(f"{_compiled_early} were imported before tests/kernels/conftest.py set TRITON_INTERPRET=1; "
                        "run tests/kernels in its own pytest process")
