@@ -212,6 +212,13 @@ def _check(parent: Artifact, out_dir: Path, manifest: dict, texts: list[str], ct
     return report
 
 
+def _no_bf16(precision: str) -> dict | None:
+    """A skipped artifact's fields when ``bf16`` is asked for on a CPU without it."""
+    if precision == "bf16" and not cpu_has_bf16():
+        return {"format": "openvino", "skip_reason": "this CPU has no native bf16 (AVX512_BF16 or AMX) for OpenVINO"}
+    return None
+
+
 @register_stage("export_openvino")
 @dataclass
 class ExportOpenVino(Stage):
@@ -225,9 +232,8 @@ class ExportOpenVino(Stage):
 
     def run(self, parent: Artifact, out_dir: Path, ctx: RunContext) -> dict:
         cfg = self.config
-        if cfg.precision == "bf16" and not cpu_has_bf16():
-            return {"format": "openvino", "skip_reason": "this CPU has no native bf16 (AVX512_BF16 or AMX) "
-                    "for OpenVINO"}
+        if (skip := _no_bf16(cfg.precision)) is not None:
+            return skip
         texts = validation_texts(ctx, self.name, cfg.validation_samples)
         save_ir(to_openvino(parent, _example(_tokenizer(parent, ctx.trust_remote_code)), ctx.trust_remote_code),
                 out_dir, parent)
@@ -286,9 +292,8 @@ class QuantizeOpenVinoInt8(Stage):
 
     def run(self, parent: Artifact, out_dir: Path, ctx: RunContext) -> dict:
         cfg = self.config
-        if cfg.precision == "bf16" and not cpu_has_bf16():
-            return {"format": "openvino", "skip_reason": "this CPU has no native bf16 (AVX512_BF16 or AMX) "
-                    "for OpenVINO"}
+        if (skip := _no_bf16(cfg.precision)) is not None:
+            return skip
         tok = _tokenizer(parent, ctx.trust_remote_code)
         calib = [enc for _, enc in encode_batches(tok, calibration_texts(ctx, self.name, cfg.calibration_samples),
                                                   1, cfg.max_length)]

@@ -16,24 +16,18 @@ import numpy as np
 from .bundle import Bundle
 
 
+def ort_session(model_path, threads: int = 1):
+    """compress' session (fixed threads, spinning off), imported only when a model is loaded,
+    so importing deploy loads no model library."""
+    from compress.onnx_export import ort_session as session
+
+    return session(model_path, threads)
+
+
 def softmax(logits: np.ndarray) -> np.ndarray:
     z = logits - logits.max(axis=-1, keepdims=True)
     e = np.exp(z)
     return e / e.sum(axis=-1, keepdims=True)
-
-
-def ort_session(model_path, threads: int = 1):
-    """A CPU session with fixed threads and spinning off (idle spinning steals the cores
-    the HTTP loop and the tokenizer need between batches)."""
-    import onnxruntime as ort
-
-    so = ort.SessionOptions()
-    so.intra_op_num_threads = threads
-    so.inter_op_num_threads = 1
-    so.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    so.add_session_config_entry("session.inter_op.allow_spinning", "0")
-    so.log_severity_level = 3
-    return ort.InferenceSession(str(model_path), so, providers=["CPUExecutionProvider"])
 
 
 class Classifier:
