@@ -44,6 +44,7 @@ class StageRecord:
     notes: dict[str, str] = field(default_factory=dict)  # why a task's accuracy is null
     gate_accuracy: dict[str, float | None] = field(default_factory=dict)  # on eval.gate_split (dev), gated stages
     parent_accuracy: dict[str, float | None] = field(default_factory=dict)  # the parent's, on the same split
+    selection_accuracy: float | None = None  # on `task`, eval.gate_split (dev): what bench's best picks on
     gate: dict | None = None
     gate_latency: dict | None = None  # batch-1 p50 of stage and parent, when a gate has max_latency_ms
     attempts: list[dict] = field(default_factory=list)

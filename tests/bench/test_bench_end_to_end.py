@@ -35,6 +35,8 @@ def test_tiny_end_to_end(tiny_bert_dir, small_task_files, tmp_path):
         assert s["latency_ms"]["batch"] == 1 and s["latency_ms"]["p50"] <= s["latency_ms"]["p90"] <= s["latency_ms"]["p99"]
         assert s["throughput"]["batch"] == 32 and s["throughput"]["samples_per_s"] > 0
         assert s["size_mb"] > 0
+        assert 0 <= s["selection_accuracy"] <= 1  # on dev: what the best-per-workload pick budgets on
+    assert saved["best"]["selection_split"] == "dev"
     rows = {s["name"]: s for s in saved["stages"]}
     # pruning shrinks the graph; every compression row says whether its speed-up is real
     assert rows["recovered-onnx-int8"]["size_mb"] < rows["onnx-int8"]["size_mb"] < rows["onnx"]["size_mb"]

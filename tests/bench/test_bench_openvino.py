@@ -67,8 +67,9 @@ def test_a_failing_peer_is_a_skipped_row_not_a_crash(tiny_bert_dir, tmp_path, mo
     assert exit_code({"stages": [r.row for r in rows]}) == 0
 
 
-def _row(name, acc, p50, sps, peer=False, backend="onnxruntime", status="ok"):
+def _row(name, acc, p50, sps, peer=False, backend="onnxruntime", status="ok", dev=None):
     return {"name": name, "status": status, "accuracy": acc, "peer": peer, "backend": backend,
+            "selection_accuracy": acc if dev is None else dev,
             "latency_ms": {"p50": p50}, "throughput": {"samples_per_s": sps}}
 
 
@@ -113,3 +114,20 @@ def test_best_budget_edges():
     none = best_per_workload(rows, "missing")
     assert "latency_b1" not in none and "missing" in none["reason"]
     assert markdown(none)[0] == "## Best per workload"
+
+
+def test_best_budgets_on_dev_never_on_test():
+    rows = synthetic_rows()
+    # int4 is within the budget on test (-0.2) but 3 points down on dev: not picked
+    rows[3] = _row("onnx-int4", 0.878, 1.5, 2000, dev=0.850)
+    # int8 loses 2 points on test but none on dev: the pick stands, its test loss is reported
+    rows[1] = _row("onnx-int8", 0.860, 2.3, 480, dev=0.880)
+    best = best_per_workload(rows, "finetune", budget_points=1.0)
+    lat = best["latency_b1"]
+    assert best["selection_split"] == "dev"
+    assert lat["ours"]["name"] == "onnx-int8"
+    assert lat["ours"]["delta_points"] == pytest.approx(-2.0) and lat["ours"]["selection_delta_points"] == 0
+    assert "onnx-int4 (-3.00 pts)" in lat["reason"]
+    # a row never evaluated on dev is no candidate
+    rows.append({**_row("unselected", 0.9, 0.01, 10 ** 6), "selection_accuracy": None})
+    assert "unselected" not in str(best_per_workload(rows, "finetune"))
