@@ -3,7 +3,11 @@
 Tiny random-init classifiers of the 12 architectures (``tiny_models.py``) go through
 PyTorch int8, structured pruning (then ONNX export + ONNX int8 of the pruned model),
 ONNX export, ONNX int8 and ONNX int4. A verb that runs must agree with its parent's
-argmax on >= 95% of real SST-2 dev sentences and list every layer it left float (the
+argmax on most real SST-2 dev sentences (>= 90%; 80% for 4-bit, whose rounding on
+random weights flips near-boundary sentences), keep its logits faithful (the
+per-sentence margin z1 - z0 correlates with the parent's: r >= 0.999 for the fp32 export,
+0.98 for 8-bit and pruning, 0.9 for 4-bit; argmax agreement alone says little when a
+parent predicts one class almost everywhere) and list every layer it left float (the
 head, and only the head, for the quantizers); one that cannot run must be refused by
 ``chain.arch.check_stage`` with a message naming the architecture and what to do.
 The expected refusals are listed here, so a verb silently starting or stopping to work
@@ -38,7 +42,16 @@ STAGES = ("quantize_int8", "prune", "export_onnx", "quantize_onnx_int8", "quanti
 PRUNE = PruneConfig(heads=0.5, ffn=0.5)
 PRUNE_FFN = PruneConfig(ffn=0.5)  # where check_stage refuses heads (MPNet, DeBERTa-v2)
 REFUSED = {("albert", "prune"), ("modernbert", "prune"), ("gpt2", "prune")}
-MIN_AGREEMENT = 0.95
+MIN_AGREEMENT = {"quantize_onnx_int4": 0.80}  # argmax agreement with the parent; others 0.90
+MIN_MARGIN_R = {"export_onnx": 0.999, "quantize_onnx_int4": 0.90}  # Pearson r of the margins; others 0.98
+
+
+def min_agreement(stage: str) -> float:
+    return MIN_AGREEMENT.get(stage, 0.90)
+
+
+def min_r(stage: str) -> float:
+    return MIN_MARGIN_R.get(stage, 0.98)
 N_TEXTS = 128
 RESULTS: dict[tuple[str, str], str] = {}
 CURRENT = [""]  # the stage being run, for assert_informative
@@ -73,6 +86,7 @@ def _encode(tok, texts, names):
 
 
 def torch_predictions(model, tok, texts, decoder: bool) -> np.ndarray:
+    """(n, labels) logits."""
     import inspect
 
     # what the model takes; GPT-2 would read token_type_ids as extra token embeddings
@@ -81,7 +95,7 @@ def torch_predictions(model, tok, texts, decoder: bool) -> np.ndarray:
     out = []
     with torch.inference_mode():
         for enc in _encode(tok, texts, names):
-            out.append(model(**{k: torch.from_numpy(v) for k, v in enc.items()}).logits.argmax(-1).numpy())
+            out.append(model(**{k: torch.from_numpy(v) for k, v in enc.items()}).logits.float().numpy())
     return np.concatenate(out)
 
 
@@ -90,7 +104,24 @@ def onnx_predictions(path: Path, tok, texts) -> np.ndarray:
 
     sess = ort_session(path / "model.onnx")
     names = {i.name for i in sess.get_inputs()}
-    return np.concatenate([onnx_logits(sess, enc).argmax(-1) for enc in _encode(tok, texts, names)])
+    return np.concatenate([onnx_logits(sess, enc) for enc in _encode(tok, texts, names)])
+
+
+def fidelity(child: np.ndarray, parent: np.ndarray) -> tuple[float, float]:
+    """(argmax agreement, Pearson r of the margins z1 - z0) of two (n, 2) logit arrays."""
+    agree = float((child.argmax(-1) == parent.argmax(-1)).mean())
+    mc, mp = child[:, 1] - child[:, 0], parent[:, 1] - parent[:, 0]
+    r = float(np.corrcoef(mc, mp)[0, 1]) if mc.std() > 0 and mp.std() > 0 else 0.0
+    return agree, r
+
+
+def test_fidelity_tells_a_broken_child_from_a_faithful_one():
+    rng = np.random.default_rng(0)
+    parent = np.stack([np.zeros(200), 2 + 0.1 * rng.standard_normal(200)], 1)  # one class everywhere
+    faithful = parent + 0.01 * rng.standard_normal(parent.shape)
+    broken = np.stack([np.zeros(200), 2 + 0.1 * rng.standard_normal(200)], 1)  # same class, unrelated margins
+    assert fidelity(faithful, parent)[1] > 0.95
+    assert fidelity(broken, parent)[0] == 1.0 and abs(fidelity(broken, parent)[1]) < 0.3
 
 
 def _hf(path: Path):
@@ -108,8 +139,8 @@ def assert_informative(preds: np.ndarray, what: str) -> None:
     Untrained tiny models at the default init do exactly that; the table marks such cells
     so the agreement figure is not read as evidence (known gap, see tiny_models.py).
     """
-    minority = min(float((preds == c).mean()) for c in (0, 1))
-    if minority <= 1 - MIN_AGREEMENT:
+    minority = min(float((preds.argmax(-1) == c).mean()) for c in (0, 1))
+    if minority <= 0.05:
         UNINFORMATIVE.add(tuple(what.split(" ", 1)[0:1]) + (CURRENT[0],))
 
 
@@ -147,12 +178,12 @@ def run_quantize_int8(mt, d, texts, tmp):
     q = load_int8(type("A", (), {"path": tmp})())
     parent = torch_predictions(model, tok, texts, arch.decoder)
     assert_informative(parent, mt)
-    agree = torch_predictions(q, tok, texts, arch.decoder) == parent
+    agree = fidelity(torch_predictions(q, tok, texts, arch.decoder), parent)
     linears = {n for n, _ in linear_layers(model, kinds=arch.linear_kinds)}
     float_linears = {n for n in fields["float_layers"] if n in linears}
     assert float_linears == set(arch.head), (float_linears, arch.head)  # the head, and only the head
     assert fields["quantized_layers"] == len(linears) - len(arch.head)
-    return agree.mean(), sorted(float_linears)
+    return agree, sorted(float_linears)
 
 
 def run_prune(mt, d, texts, tmp):
@@ -174,12 +205,14 @@ def run_prune(mt, d, texts, tmp):
     tok.save_pretrained(tmp / "hf")
     reloaded, _ = _hf(tmp / "hf")  # a plain HF checkpoint: from_pretrained rebuilds the pruned shapes
     pruned = torch_predictions(reloaded, tok, texts, arch.decoder)
-    assert (pruned == torch_predictions(model, tok, texts, arch.decoder)).all()
+    assert np.allclose(pruned, torch_predictions(model, tok, texts, arch.decoder), atol=1e-5)
     export_onnx(tmp / "hf", tmp / "onnx", texts)  # validated against the pruned PyTorch model
     (tmp / "onnx-int8").mkdir()
     q = quantize_onnx_int8(tmp / "onnx", tmp / "onnx-int8", texts=texts)
-    assert (onnx_predictions(tmp / "onnx-int8", tok, texts) == pruned).mean() >= MIN_AGREEMENT, q["float_layers"]
-    return (pruned == parent).mean(), []
+    agree_q, r_q = fidelity(onnx_predictions(tmp / "onnx-int8", tok, texts), pruned)
+    assert agree_q >= min_agreement("quantize_onnx_int8") and r_q >= min_r("quantize_onnx_int8"), \
+        (agree_q, r_q, q["float_layers"])
+    return fidelity(pruned, parent), []
 
 
 def run_export_onnx(mt, d, texts, tmp):
@@ -187,8 +220,7 @@ def run_export_onnx(mt, d, texts, tmp):
     path = d(mt, onnx=True) / "onnx"
     parent = torch_predictions(model, tok, texts, ARCHS[mt].decoder)
     assert_informative(parent, mt)
-    agree = onnx_predictions(path, tok, texts) == parent
-    return agree.mean(), []
+    return fidelity(onnx_predictions(path, tok, texts), parent), []
 
 
 def _onnx_quantized(mt, d, texts, tmp, quantize):
@@ -199,12 +231,12 @@ def _onnx_quantized(mt, d, texts, tmp, quantize):
     tok = AutoTokenizer.from_pretrained(src)
     parent = onnx_predictions(src, tok, texts)
     assert_informative(parent, f"{mt} (ONNX)")
-    agree = onnx_predictions(tmp, tok, texts) == parent
+    agree = fidelity(onnx_predictions(tmp, tok, texts), parent)
     floats = report["float_layers"]
     weights = [n for n, why in floats.items() if not n.split("/")[-1].startswith("Gather")]
     assert all(why.startswith("head") for n, why in floats.items() if n in weights), floats  # body all quantized
     assert weights, "the head must be listed as float"
-    return agree.mean(), sorted({_module(n) for n in weights})
+    return agree, sorted({_module(n) for n in weights})
 
 
 def _module(node: str) -> str:
@@ -253,11 +285,12 @@ def test_stage_works_or_is_refused(mt, stage, dirs, texts, tmp_path):
         return
     assert (mt, stage) not in REFUSED, "expected check_stage to refuse this"
     CURRENT[0] = stage
-    agreement, floats = RUNNERS[stage](mt, dirs, texts, tmp_path)
+    (agreement, r), floats = RUNNERS[stage](mt, dirs, texts, tmp_path)
     one_class = (mt, stage) in UNINFORMATIVE
-    assert agreement >= MIN_AGREEMENT, f"{mt} {stage}: argmax agreement {agreement:.3f} with the parent"
-    RESULTS[(mt, stage)] = f"ok ({agreement:.2f}{'*' if one_class else ''})" + (f"; float: {', '.join(f'`{f}`' for f in floats)}"
-                                                     if floats else "") + note
+    assert agreement >= min_agreement(stage), f"{mt} {stage}: argmax agreement {agreement:.3f} with the parent"
+    assert r >= min_r(stage), f"{mt} {stage}: logit margins correlate at r={r:.3f} with the parent's"
+    RESULTS[(mt, stage)] = f"ok ({agreement:.2f}{'*' if one_class else ''}, r {r:.3f})" + (
+        f"; float: {', '.join(f'`{f}`' for f in floats)}" if floats else "") + note
 
 
 def render() -> str:
@@ -268,11 +301,13 @@ def render() -> str:
             "Generated by `CHAINPRESS_WRITE_MATRIX=1 python -m pytest tests/compress/test_arch_matrix.py` "
             "(do not edit by hand). Each cell is what the test saw on a tiny random-init model of the "
             "architecture (2 layers, hidden 32, built from its config; `tests/compress/tiny_models.py`): "
-            f"`ok (a)` = ran, and its argmax agreed with its parent's on a fraction `a` of the first {N_TEXTS} "
-            "SST-2 dev sentences (the test requires >= 0.95); `*` = the parent predicted one class on more "
-            "than 95% of them, so that agreement says little (untrained models at the default init; with "
-            "init std 0.3 all parents predict both classes and ONNX int4 then agreed on only 0.73-0.95 of the "
-            "sentences, int8 on 0.94-1.00: a known gap), followed by the modules left float (for "
+            f"`ok (a, r r)` = ran, and its argmax agreed with its parent's on a fraction `a` of the first {N_TEXTS} "
+            "SST-2 dev sentences (the test requires >= 0.90, 0.80 for 4-bit); `*` = the parent predicted one "
+            "class on more than 95% of them, so that agreement says little; `r` = Pearson correlation of the "
+            "per-sentence logit margin z1 - z0 with the parent's, which stays informative when the argmax "
+            "does not (the test requires >= 0.999 for the fp32 export, 0.98 for 8-bit and pruning, 0.90 for "
+            "4-bit); the parents are random-init with std 0.2 (at the usual 0.02 an encoder's output hardly "
+            "depends on the sentence); then the modules left float (for "
             "ONNX, by the module their nodes come from); `refused` = `chain.arch.check_stage` refuses "
             "the stage before anything trains, with this message. `prune` is heads=0.5, ffn=0.5 (L1) "
             "on a parent whose first half of heads and FFN neurons was scaled by 0.05 (what L1 must find), "
@@ -286,7 +321,7 @@ def test_support_matrix_file_is_generated():
     text = render()
     if os.environ.get("CHAINPRESS_WRITE_MATRIX") == "1":
         MATRIX.write_text(text)
-    figures = re.compile(r"ok \(\d\.\d\d\*?\)")
+    figures = re.compile(r"ok \(\d\.\d\d\*?, r -?\d\.\d{3}\)")
     assert MATRIX.is_file(), "docs/support-matrix.md is missing; write it with CHAINPRESS_WRITE_MATRIX=1"
     assert figures.sub("ok", MATRIX.read_text()) == figures.sub("ok", text), \
         "docs/support-matrix.md differs from this run; regenerate it with CHAINPRESS_WRITE_MATRIX=1"
