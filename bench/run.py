@@ -21,7 +21,7 @@ from chain.stage import RunContext
 from .best import best_per_workload
 from .harness import MeasureConfig, measure_speed
 from .report import text_table, write_reports
-from .spec import BenchConfig, bench_spec, reference_of
+from .spec import BenchConfig, bench_spec, drop_unsupported, reference_of
 
 BUDGET_POINTS = 1.0  # "within budget": at most this many accuracy points below the reference
 
@@ -30,6 +30,8 @@ def run_bench(cfg: BenchConfig, log=print, force: str | None = None, verbose: bo
               quiet: bool = False) -> dict:
     """Validate inputs, run the chain (cached), measure, write reports; return the results dict."""
     spec = bench_spec(cfg)
+    order = {s.name: i for i, s in enumerate(spec.stages)}  # rows in the chain's order, skipped ones too
+    spec, unsupported = drop_unsupported(spec) if cfg.spec is None else (spec, [])
     ref = reference_of(cfg, spec)
     measure = cfg.measure or (MeasureConfig.quick(cfg.threads) if cfg.quick else MeasureConfig(threads=cfg.threads))
     if cfg.isolation:
@@ -38,8 +40,16 @@ def run_bench(cfg: BenchConfig, log=print, force: str | None = None, verbose: bo
     header = {"reference": ref, "task": ref_task, "quick": cfg.quick, "measure": asdict(measure)}
     out = Path(cfg.output)
 
+    skipped_rows = [StageRecord(name, kind, Status.SKIPPED, reason=why, parent=parent).to_dict()
+                    for name, kind, parent, why in unsupported]
+    for name, _, _, why in unsupported:
+        log(f"stage {name}: skipped, {why}")
+
     def writer(results: dict) -> None:  # after every stage: accuracy is safe on disk before timing
         results.update(header)
+        names = {r["name"] for r in results.get("stages", [])}
+        results.setdefault("stages", []).extend(r for r in skipped_rows if r["name"] not in names)
+        results["stages"].sort(key=lambda r: order.get(r["name"], len(order)))
         results.setdefault("environment", environment(cfg.threads, measure.device))
         write_reports(results, out, plots=False)
 

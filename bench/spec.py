@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from chain.cli import default_threads
-from chain.errors import SpecError
+from chain.errors import ChainpressError, SpecError
 from chain.spec import ChainSpec, parse_spec
 
 DEFAULT_CHAIN = Path(__file__).with_name("default_chain.yaml")
@@ -154,6 +154,39 @@ def bench_spec(cfg: BenchConfig) -> ChainSpec:
     if ref not in names:
         raise SpecError(f"--reference {ref!r}: no such stage; stages: {', '.join(names)}")
     return spec
+
+
+def drop_unsupported(spec: ChainSpec) -> tuple[ChainSpec, list[tuple[str, str, str, str]]]:
+    """The default chain cut to what the model's architecture supports (``chain.arch``):
+    a refused stage and every stage built on it leave the spec and come back as skipped
+    rows, ``(name, type, parent, reason)``. A user's own ``--spec`` is never cut: there a
+    refusal is an error before anything trains, so the user decides what to drop."""
+    import dataclasses
+
+    from chain.arch import check_stage
+    from chain.artifact import Artifact
+    from chain.model import read_config
+
+    source = Artifact.load(spec.model_path())
+    if source.format != "hf":
+        return spec, []
+    model_cfg = read_config(source.path)
+    kept, skipped, dropped, prev = [], [], {}, "source"
+    for st in spec.stages:
+        parent = st.parent or prev
+        prev = st.name
+        if parent in dropped:
+            dropped[st.name] = f"built on {parent}, which this architecture does not support"
+        else:
+            try:
+                check_stage(st.type, model_cfg, st.config)
+            except ChainpressError as e:
+                dropped[st.name] = f"not for this architecture: {e}"
+        if st.name in dropped:
+            skipped.append((st.name, st.type, parent, dropped[st.name]))
+        else:
+            kept.append(dataclasses.replace(st, parent=parent))
+    return (dataclasses.replace(spec, stages=kept) if skipped else spec), skipped
 
 
 def reference_of(cfg: BenchConfig, spec: ChainSpec) -> str:
