@@ -39,6 +39,12 @@ def parser(prog: str = "python -m bench") -> argparse.ArgumentParser:
     p.add_argument("--reference", help="the stage speedups are measured against (default: finetune)")
     p.add_argument("--force", metavar="STAGE", help="recompute STAGE and every stage after it")
     p.add_argument("--no-peers", action="store_true", help="skip the peer rows (torch.compile, Optimum int8, ...)")
+    p.add_argument("--search", action="store_true", help="walk pruning levels mild to aggressive, each with "
+                   "distilled recovery, while the dev accuracy stays within --max-drop; then time every level kept")
+    p.add_argument("--max-drop", type=float, default=1.0, metavar="POINTS",
+                   help="dev accuracy points the picked output may lose vs the reference (default 1.0)")
+    p.add_argument("--time-budget", type=float, default=2700.0, metavar="SECONDS",
+                   help="--search starts no new level after this many seconds (default 2700)")
     p.add_argument("--isolation", choices=("process", "inprocess"),
                    help="time each model in a worker process of its own (default) or all in this process")
     return p
@@ -58,7 +64,7 @@ def build_config(a: argparse.Namespace):
                        text_column=a.text_column, label_column=a.label_column, num_labels=a.num_labels,
                        quick=a.quick, epochs=a.epochs, threads=a.threads or default_threads(),
                        peers=not a.no_peers, trust_remote_code=a.trust_remote_code, reference=a.reference,
-                       finetuned=a.finetuned, isolation=a.isolation)
+                       finetuned=a.finetuned, isolation=a.isolation, max_drop=a.max_drop)
 
 
 def main(argv=None, prog: str = "python -m bench") -> int:
@@ -75,10 +81,22 @@ def main(argv=None, prog: str = "python -m bench") -> int:
     quiet_libraries(a.verbose, a.quiet)
 
     def body() -> int:
+        from chain.errors import SpecError
+
         from .run import run_bench
 
         log = (lambda msg: None) if a.quiet else print
-        results = run_bench(build_config(a), log=log, force=a.force, verbose=a.verbose, quiet=a.quiet)
+        cfg = build_config(a)
+        search = None
+        if a.search:
+            from .search import SearchConfig
+
+            search = SearchConfig(max_drop=a.max_drop, time_budget_s=a.time_budget)
+        elif a.time_budget != 2700.0:
+            raise SpecError("--time-budget bounds --search; add --search or drop it")
+        if not a.max_drop >= 0:
+            raise SpecError(f"--max-drop must be >= 0 accuracy points, got {a.max_drop}")
+        results = run_bench(cfg, log=log, force=a.force, verbose=a.verbose, quiet=a.quiet, search=search)
         if a.quiet:
             from .report import text_table
 

@@ -69,6 +69,10 @@ def write_reports(results: dict, out_dir: Path, plots: bool = True) -> None:
         from .best import markdown as best_markdown
 
         md += best_markdown(results["best"])
+    if results.get("search"):
+        from .search import markdown as search_markdown
+
+        md += search_markdown(results["search"])
     notes = [f"- `{s['name']}` {s['status']}: {s['reason']}" for s in results["stages"] if s.get("reason")]
     notes += [f"- `{s['name']}` saves no time over `{results['reference']}` on {s.get('backend')} here "
               f"(95% intervals of its speedups: {s['speedup_ci95']})" + (f"; {s['extra']['why']}" if (s.get("extra") or {}).get("why") else "")

@@ -23,13 +23,21 @@ from .harness import MeasureConfig, measure_speed
 from .report import text_table, write_reports
 from .spec import BenchConfig, bench_spec, drop_unsupported, reference_of
 
-BUDGET_POINTS = 1.0  # "within budget": at most this many accuracy points below the reference
-
 
 def run_bench(cfg: BenchConfig, log=print, force: str | None = None, verbose: bool = False,
-              quiet: bool = False) -> dict:
-    """Validate inputs, run the chain (cached), measure, write reports; return the results dict."""
-    spec = bench_spec(cfg)
+              quiet: bool = False, search=None) -> dict:
+    """Validate inputs, run the chain (cached), measure, write reports; return the results dict.
+
+    ``search``: a ``bench.search.SearchConfig``: first walk the pruning ladder on dev, then
+    time the default chain plus every level kept."""
+    record = None
+    if search is not None:
+        from .search import run_search
+
+        spec, record = run_search(cfg, search, log)
+    else:
+        spec = bench_spec(cfg)
+    budget = search.max_drop if search is not None else cfg.max_drop
     order = {s.name: i for i, s in enumerate(spec.stages)}  # rows in the chain's order, skipped ones too
     spec, unsupported = drop_unsupported(spec) if cfg.spec is None else (spec, [])
     ref = reference_of(cfg, spec)
@@ -37,7 +45,8 @@ def run_bench(cfg: BenchConfig, log=print, force: str | None = None, verbose: bo
     if cfg.isolation:
         measure = replace(measure, isolation=cfg.isolation)
     ref_task = next(s.task for s in spec.stages if s.name == ref) or next((s.task for s in spec.stages if s.task), None)
-    header = {"reference": ref, "task": ref_task, "quick": cfg.quick, "measure": asdict(measure)}
+    header = {"reference": ref, "task": ref_task, "quick": cfg.quick, "measure": asdict(measure),
+              **({"search": record} if record else {})}
     out = Path(cfg.output)
 
     skipped_rows = [StageRecord(name, kind, Status.SKIPPED, reason=why, parent=parent).to_dict()
@@ -73,7 +82,7 @@ def run_bench(cfg: BenchConfig, log=print, force: str | None = None, verbose: bo
                 rows[i] = StageRecord.from_dict({**row, **speed.get(row["name"], {})}).to_dict()
         add_relative(rows, ref)
         add_selection_accuracy(rows, run)
-        results["best"] = best_per_workload(rows, ref, BUDGET_POINTS, run.gate_evaluator.cfg.split)
+        results["best"] = best_per_workload(rows, ref, budget, run.gate_evaluator.cfg.split)
         results["total_wall_time_s"] = round(time.perf_counter() - t0, 1)
         results["exit_code"] = exit_code(results)
         writer(results)

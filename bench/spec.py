@@ -45,6 +45,7 @@ class BenchConfig:
     measure: object | None = None  # a bench.harness.MeasureConfig; None = the preset for `quick`
     finetuned: bool = False  # `model` is already fine-tuned for the task: use it as is, train nothing
     isolation: str | None = None  # timing: "process" (a worker per model, the default) or "inprocess"
+    max_drop: float = 1.0  # accuracy points on dev the best-per-workload pick may lose vs the reference
 
 
 def default_model_path() -> str:

@@ -1,0 +1,150 @@
+"""``python -m bench --search``: how hard to prune is decided by the dev split, not a recipe.
+
+The default chain prunes half the heads and 60% of the FFN neurons, a recipe tuned on
+SST-2 that loses 4.8 points on another user's data. The search walks a ladder of
+pruning strengths, mild to aggressive (``LADDER``), each followed by the default
+chain's distilled recovery: a level is kept while its recovered model's accuracy on the
+**dev** split stays within ``--max-drop`` points of the fine-tuned reference, and the
+walk stops at the first level over budget (stronger levels would lose more) or when
+``--time-budget`` seconds have passed (the first level always runs, and a level
+already started finishes). Each kept
+level then gets the default chain's exports (ONNX, ONNX Runtime int8, OpenVINO int8),
+every row is timed in the normal bench run, and the best-per-workload pick chooses
+among them with the same dev budget. Trials are chain stages, so they are cached: a
+re-run, or a longer ``--time-budget`` after a short one, retrains nothing it has.
+
+Not built: Ray Tune trials on a cluster (``--ray``), searching int8 static vs dynamic.
+"""
+from __future__ import annotations
+
+import copy
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from chain.errors import SpecError
+from chain.executor import chain_session
+from chain.spec import parse_spec
+from chain.stage import RunContext
+
+from .spec import BenchConfig, bench_raw, drop_unsupported, reference_of
+
+BRANCH_ROOT = "pruned"  # the default chain's pruning branch: this stage and those built on it
+# mild -> aggressive; the default chain's own level (heads 0.5, ffn 0.6) keeps its row names
+LADDER = ({"heads": 0.25, "ffn": 0.4}, {"heads": 0.5, "ffn": 0.6}, {"heads": 0.5, "ffn": 0.75},
+          {"heads": 0.67, "ffn": 0.8})
+
+
+@dataclass
+class SearchConfig:
+    max_drop: float = 1.0  # accuracy points on dev the recovered model may lose vs the reference
+    time_budget_s: float = 2700.0  # no new level starts after this many seconds
+    levels: list[dict] = field(default_factory=lambda: [dict(x) for x in LADDER])
+
+    def __post_init__(self) -> None:
+        if not self.max_drop >= 0:
+            raise SpecError(f"--max-drop must be >= 0 accuracy points, got {self.max_drop}")
+        if not self.time_budget_s > 0:
+            raise SpecError(f"--time-budget must be a positive number of seconds, got {self.time_budget_s}")
+
+
+def _branch(stages: list[dict]) -> list[dict]:
+    """The stage dicts of the pruning branch, in order (explicit parents required there)."""
+    names, out = {BRANCH_ROOT}, []
+    for st in stages:
+        if st["name"] == BRANCH_ROOT or st.get("parent") in names:
+            names.add(st["name"])
+            out.append(st)
+    return out
+
+
+def _suffix(level: dict) -> str:
+    return "-" + "-".join(f"{k[0]}{round(100 * v)}" for k, v in sorted(level.items()) if v)
+
+
+def level_stages(template: list[dict], level: dict, default: dict) -> list[dict]:
+    """The branch for one level: its prune config, renamed unless it is the default's."""
+    sfx = "" if level == default else _suffix(level)
+    names = {st["name"] for st in template}
+
+    def rename(n):
+        return n.replace(BRANCH_ROOT, BRANCH_ROOT + sfx, 1) if n == BRANCH_ROOT else \
+            (n.replace("recovered", "recovered" + sfx, 1) if n in names else n)
+    out = []
+    for st in template:
+        st = copy.deepcopy(st)
+        st["name"], st["parent"] = rename(st["name"]), rename(st.get("parent"))
+        if st["name"].startswith(BRANCH_ROOT):
+            st["config"] = {**(st.get("config") or {}), **level}
+        out.append(st)
+    return out
+
+
+def run_search(cfg: BenchConfig, search: SearchConfig, log=print) -> tuple[object, dict]:
+    """Walk the ladder on dev; -> (the spec to time: default chain + kept levels, the search record)."""
+    if cfg.spec is not None or cfg.finetuned:
+        raise SpecError("--search walks the default chain's pruning branch; drop --spec/--finetuned")
+    raw, base = bench_raw(cfg)
+    template = _branch(raw["stages"])
+    if not template:
+        raise SpecError(f"--search: the chain has no {BRANCH_ROOT!r} stage to vary")
+    default = {k: template[0]["config"][k] for k in ("heads", "ffn") if k in template[0].get("config", {})}
+    others = [st for st in raw["stages"] if st not in template]
+    ref = reference_of(cfg, parse_spec({**raw, "stages": others}, base))
+    ref_stage = next(st for st in others if st["name"] == ref)
+    t0, trials, kept = time.perf_counter(), [], []
+    for level in search.levels:
+        spent = time.perf_counter() - t0
+        if trials and spent > search.time_budget_s:  # the first level always runs
+            trials.append({"level": level, "status": "not tried",
+                           "reason": f"--time-budget {search.time_budget_s:g} s spent ({spent:.0f} s)"})
+            continue
+        branch = level_stages(template, level, default)
+        recovered = next(st["name"] for st in branch if st.get("parent") == branch[0]["name"])
+        probe = {**raw, "stages": [ref_stage] + branch[:2]}  # prune + recovery: what dev decides on
+        spec, refused = drop_unsupported(parse_spec(probe, base))
+        if refused:
+            raise SpecError(f"--search: {refused[0][0]} is {refused[0][3]}")
+        log(f"search: level {level} ({len(trials) + 1}/{len(search.levels)})")
+        with chain_session(spec, Path(cfg.output), None, log, RunContext(threads=cfg.threads, log=log)) as run:
+            rows = {r["name"]: r for r in run.run(baseline=False)["stages"]}
+            acc = {}
+            for name in (ref, recovered):
+                r = rows.get(name)
+                if r and r.get("artifact"):
+                    from chain.artifact import Artifact
+
+                    task = r["task"]
+                    acc[name] = run.gate_evaluator.accuracy(Artifact.load(r["artifact"]), [task])[task]["accuracy"]
+        if ref not in acc or recovered not in acc:
+            trials.append({"level": level, "status": "failed", "reason": (rows.get(recovered) or {}).get("reason", "")})
+            break
+        drop = round(100 * (acc[ref] - acc[recovered]), 2)
+        within = drop <= search.max_drop + 1e-9
+        trials.append({"level": level, "stage": recovered, "dev_accuracy": acc[recovered],
+                       "reference_dev_accuracy": acc[ref], "dev_drop_points": drop,
+                       "status": "within budget" if within else "over budget"})
+        log(f"search: {recovered}: dev {acc[recovered]:.4f} ({-drop:+.2f} pts vs {ref})"
+            + ("" if within else f": over --max-drop {search.max_drop:g}, stronger levels not tried"))
+        kept += branch if within else branch[:2]  # an over-budget level is reported, not exported
+        if not within:
+            break
+    final = {**raw, "stages": others + kept}
+    record = {"max_drop_points": search.max_drop, "time_budget_s": search.time_budget_s, "split": "dev",
+              "trials": trials, "wall_time_s": round(time.perf_counter() - t0, 1)}
+    return parse_spec(final, base), record
+
+
+def markdown(record: dict) -> list[str]:
+    lines = ["## Search", "",
+             f"Pruning levels tried, mild to aggressive, each with the distilled recovery; kept while the "
+             f"recovered model is within {record['max_drop_points']:g} point(s) of the reference on dev "
+             f"(time budget {record['time_budget_s']:g} s, spent {record['wall_time_s']:g} s).", "",
+             "| level | recovered stage | dev accuracy | Δ dev (pts) | status |", "|---|---|---|---|---|"]
+    for t in record["trials"]:
+        lvl = ", ".join(f"{k} {v:g}" for k, v in t["level"].items())
+        d = t.get("dev_drop_points")
+        lines.append(f"| {lvl} | {t.get('stage', '—')} | "
+                     + (f"{t['dev_accuracy']:.4f} | {-d:+.2f}" if d is not None else "— | —")
+                     + f" | {t['status']}{': ' + t['reason'] if t.get('reason') else ''} |")
+    return lines + [""]

@@ -1,0 +1,78 @@
+"""bench --search: the pruning ladder walked on dev, cached, bounded in time."""
+import json
+
+import pytest
+
+from bench.__main__ import build_config, parser
+from bench.search import BRANCH_ROOT, SearchConfig, _branch, level_stages, run_search
+from bench.spec import bench_raw
+from chain.errors import SpecError
+
+
+def test_level_stages_rename_every_branch_stage_and_set_the_level(tmp_path):
+    a = parser().parse_args(["--quick", "--no-peers", "--output", str(tmp_path)])
+    raw, _ = bench_raw(build_config(a))
+    template = _branch(raw["stages"])
+    assert template[0]["name"] == BRANCH_ROOT and {"recovered", "recovered-onnx-int8"} <= {s["name"] for s in template}
+    default = {"heads": 0.5, "ffn": 0.6}
+    assert level_stages(template, default, default) == template  # the default level keeps its names
+    mild = level_stages(template, {"heads": 0.25, "ffn": 0.4}, default)
+    names = [s["name"] for s in mild]
+    assert names[0] == "pruned-f40-h25" and "recovered-f40-h25-onnx-int8" in names
+    assert mild[0]["config"]["heads"] == 0.25 and mild[0]["config"]["importance"] == "taylor"
+    assert mild[0]["parent"] == "finetune"  # the reference is not renamed
+    assert all(s["parent"] in names + ["finetune"] for s in mild)
+    assert mild[1]["config"]["distill"] == {"teacher": "finetune"}
+
+
+def test_search_walks_levels_on_dev_and_stops_at_the_time_budget(tiny_bert_dir, small_task_files, tmp_path):
+    a = parser().parse_args(["--model", str(tiny_bert_dir), "--num-labels", "2", "--train",
+                             str(small_task_files["train"]), "--dev", str(small_task_files["dev"]),
+                             "--test", str(small_task_files["test"]), "--output", str(tmp_path / "out"),
+                             "--quick", "--threads", "1", "--no-peers"])
+    cfg = build_config(a)
+    levels = [{"heads": 0.25, "ffn": 0.25}, {"heads": 0.5, "ffn": 0.5}]
+    search = SearchConfig(max_drop=100.0, time_budget_s=1e-6, levels=levels)  # the 2nd level never starts
+    spec, record = run_search(cfg, search, log=lambda *_: None)
+    first, second = record["trials"]
+    assert first["status"] == "within budget" and first["stage"] == "recovered-f25-h25"
+    assert 0 <= first["dev_accuracy"] <= 1 and first["dev_drop_points"] == pytest.approx(
+        100 * (first["reference_dev_accuracy"] - first["dev_accuracy"]), abs=0.01)
+    assert second["status"] == "not tried" and "--time-budget" in second["reason"]
+    names = [s.name for s in spec.stages]
+    assert "recovered-f25-h25-onnx-int8" in names and BRANCH_ROOT not in names  # default level not reached
+    assert "onnx-int8" in names  # the rest of the default chain is timed as usual
+    # a level over budget is reported and not exported; re-running reuses the cache
+    strict = SearchConfig(max_drop=-0.0, time_budget_s=3600, levels=levels[:1])
+    spec2, rec2 = run_search(cfg, strict, log=lambda *_: None)
+    t = rec2["trials"][0]
+    if t["status"] == "over budget":
+        assert "recovered-f25-h25-onnx" not in [s.name for s in spec2.stages]
+    else:  # the recovered tiny model happened to match the reference on 32 dev sentences
+        assert t["dev_drop_points"] <= 0
+    saved = json.loads((tmp_path / "out" / "results.json").read_text())
+    assert all(s["cached"] for s in saved["stages"])  # the second walk retrained nothing
+
+
+def test_search_refuses_a_user_spec(tmp_path):
+    a = parser().parse_args(["--spec", "examples/compress_chain.yaml", "--output", str(tmp_path)])
+    with pytest.raises(SpecError, match="--search walks the default chain"):
+        run_search(build_config(a), SearchConfig(), log=lambda *_: None)
+    with pytest.raises(SpecError, match="--max-drop"):
+        SearchConfig(max_drop=float("nan"))
+
+
+@pytest.mark.slow
+def test_bench_search_end_to_end_times_the_kept_levels(tiny_bert_dir, small_task_files, tmp_path):
+    from bench.run import run_bench
+
+    a = parser().parse_args(["--model", str(tiny_bert_dir), "--num-labels", "2", "--train",
+                             str(small_task_files["train"]), "--dev", str(small_task_files["dev"]),
+                             "--test", str(small_task_files["test"]), "--output", str(tmp_path / "out"),
+                             "--quick", "--threads", "1", "--no-peers"])
+    search = SearchConfig(max_drop=100.0, levels=[{"heads": 0.25, "ffn": 0.25}])
+    res = run_bench(build_config(a), log=lambda *_: None, quiet=True, search=search)
+    rows = {r["name"]: r for r in res["stages"]}
+    assert rows["recovered-f25-h25-onnx-int8"]["throughput"]["samples_per_s"] > 0
+    assert res["search"]["trials"][0]["status"] == "within budget"
+    assert "## Search" in (tmp_path / "out" / "report.md").read_text()
