@@ -69,6 +69,10 @@ def write_reports(results: dict, out_dir: Path, plots: bool = True) -> None:
         from .best import markdown as best_markdown
 
         md += best_markdown(results["best"])
+    if (results.get("compute") or {}).get("achieved_gops"):
+        from .flops import markdown as compute_markdown
+
+        md += compute_markdown(results["compute"])
     if results.get("search"):
         from .search import markdown as search_markdown
 

@@ -83,6 +83,8 @@ def run_bench(cfg: BenchConfig, log=print, force: str | None = None, verbose: bo
         add_relative(rows, ref)
         add_selection_accuracy(rows, run)
         results["best"] = best_per_workload(rows, ref, budget, run.gate_evaluator.cfg.split)
+        if timed:
+            results["compute"] = compute_of_pick(results["best"], rows, texts, measure, spec.trust_remote_code, log)
         results["total_wall_time_s"] = round(time.perf_counter() - t0, 1)
         results["exit_code"] = exit_code(results)
         writer(results)
@@ -90,6 +92,32 @@ def run_bench(cfg: BenchConfig, log=print, force: str | None = None, verbose: bo
     if not quiet:
         log("\n" + text_table(results) + f"\n\nwrote {out / 'results.json'} and {out / 'report.md'}")
     return results
+
+
+def compute_of_pick(best: dict, rows: list[dict], texts: list[str], measure: MeasureConfig,
+                    trust_remote_code: bool, log=print) -> dict | None:
+    """GOP/s of the batch-32 pick vs the machine's peak, counted on its nearest Hugging Face
+    ancestor (an ONNX or OpenVINO graph has the shapes of the model it was exported from)."""
+    from chain.model import load_model, load_tokenizer
+
+    from .flops import compute_report
+    from .harness import timing_inputs
+
+    pick = ((best.get("throughput_b32") or {}).get("ours") or {}).get("name")
+    by_name = {r["name"]: r for r in rows}
+    row = node = by_name.get(pick)
+    while node is not None and node.get("format") != "hf":
+        node = by_name.get(node.get("parent"))
+    if row is None or node is None or not node.get("artifact"):
+        return None
+    try:
+        art = Artifact.load(node["artifact"])
+        _, b32 = timing_inputs(load_tokenizer(art, trust_remote_code), texts, measure)
+        return {**compute_report(row, load_model(art, trust_remote_code=trust_remote_code), b32, measure.threads),
+                "shapes_from": node["name"]}
+    except Exception as e:  # a report section, never a reason to lose the timings
+        log(f"compute report skipped: {type(e).__name__}: {e}")
+        return {"row": pick, "error": f"{type(e).__name__}: {e}"}
 
 
 def add_selection_accuracy(rows: list[dict], run) -> None:

@@ -37,6 +37,8 @@ def test_tiny_end_to_end(tiny_bert_dir, small_task_files, tmp_path):
         assert s["size_mb"] > 0
         assert 0 <= s["selection_accuracy"] <= 1  # on dev: what the best-per-workload pick budgets on
     assert saved["best"]["selection_split"] == "dev"
+    compute = saved["compute"]  # the batch-32 pick's GOP/s next to the measured peak
+    assert compute["row"] == saved["best"]["throughput_b32"]["ours"]["name"] and compute["achieved_gops"] > 0
     rows = {s["name"]: s for s in saved["stages"]}
     # pruning shrinks the graph; every compression row says whether its speed-up is real
     assert rows["recovered-onnx-int8"]["size_mb"] < rows["onnx-int8"]["size_mb"] < rows["onnx"]["size_mb"]
