@@ -40,6 +40,7 @@ def chain_out(multihead, tmp_path_factory):
               ExportOnnx(OnnxExportConfig(), name="onnx", parent="pruned"),
               ExportOnnx(OnnxExportConfig(multitask=False), name="onnx-single", parent="pruned"),
               QuantizeOnnxInt8(OrtInt8Config(), name="onnx-int8", parent="onnx"),
+              QuantizeOnnxInt8(OrtInt8Config(), name="onnx-single-int8", parent="onnx-single"),
               QuantizeOnnxInt4(OrtInt4Config(), name="onnx-int4", parent="onnx")]
     res = run_stages(multihead, stages, tmp_path_factory.mktemp("run"))
     assert [r.status for r in res] == ["ok"] * len(stages), [(r.name, r.reason) for r in res]
@@ -127,3 +128,28 @@ def test_pruning_keeps_heads_valid(chain_out, multihead):
     assert cfg["intermediate_size"] < 128 and cfg["hidden_size"] == 64
     assert head_tasks(chain_out["pruned"].path) == sorted(TASKS)
     assert load_head(chain_out["pruned"].path, "trec")["classifier.weight"].shape == (6, 64)
+
+
+def test_report_times_multi_vs_single_and_compares_accuracy(chain_out, tmp_path, capsys):
+    import json
+
+    from compress.multitask_report import main
+
+    run_dir = chain_out["pruned"].path.parent.parent
+    rc = main([str(run_dir), "--final", "pruned", "--out", str(tmp_path), "--calls-b1", "10", "--calls-b32", "10"])
+    assert rc == 0, capsys.readouterr().err
+    report = json.loads(next(tmp_path.glob("multitask-*.json")).read_text())
+    assert report["tasks"] == ["sst2"] and report["accuracy"]["onnx-int8"]["sst2"]["accuracy"] is not None
+    r = report["timing"]["32"]["onnx-int8 / onnx-single-int8"]
+    assert r["median_ratio"] > 0 and r["ci95"][0] <= r["median_ratio"] <= r["ci95"][1]
+    assert report["timing"]["outputs"]["onnx-int8"] == ["logits", "logits_sst2", "logits_subj", "logits_trec"]
+    assert report["timing"]["outputs"]["onnx-single-int8"] == ["logits"]
+    assert "| 32 | onnx-int8 / onnx-single-int8:" in next(tmp_path.glob("multitask-*.md")).read_text()
+
+
+def test_report_bad_input_is_one_line(tmp_path, capsys):
+    from compress.multitask_report import main
+
+    assert main([str(tmp_path / "nope")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: ") and "results.json" in err and "\n" not in err
