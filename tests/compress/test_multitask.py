@@ -153,3 +153,30 @@ def test_report_bad_input_is_one_line(tmp_path, capsys):
     assert main([str(tmp_path / "nope")]) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("error: ") and "results.json" in err and "\n" not in err
+
+
+def test_openvino_ir_and_nncf_int8_keep_every_output(chain_out, evaluator, tmp_path):
+    from compress.openvino import ExportOpenVino, OpenVinoInt8Config, QuantizeOpenVinoInt8
+
+    res = run_stages(chain_out["onnx"], [ExportOpenVino(name="ov"),
+                                         QuantizeOpenVinoInt8(OpenVinoInt8Config(calibration_samples=16,
+                                                                                 validation_samples=16,
+                                                                                 min_agreement=0.8),
+                                                              name="ov-int8", parent="source")], tmp_path)
+    assert [r.status for r in res] == ["ok", "ok"], [(r.name, r.reason) for r in res]
+    ov, ov8 = res[0].artifact, res[1].artifact
+    assert set(ov.manifest["heads"]) == set(TASKS) and set(ov.manifest["validation"]["heads"]) == set(TASKS)
+    assert ov.manifest["validation"]["heads"]["trec"]["max_abs_diff"] < 1e-3
+    assert any("classifier" in p for p in ov8.manifest["float_layers"])
+    import openvino
+
+    ops = openvino.Core().read_model(str(ov8.path / "model.xml")).get_ops()
+    fq = [op for op in ops if op.get_type_name() in ("FakeQuantize", "FakeConvert")]
+    assert fq  # the body is quantized ...
+    feeds_head = [op.get_friendly_name() for op in fq for out in op.outputs() for t in out.get_target_inputs()
+                  if "classifier" in t.get_node().get_friendly_name()]
+    assert feeds_head == []  # ... no head (own or copied) reads a quantized input
+    onnx_acc = evaluator.accuracy(chain_out["onnx"], list(TASKS))
+    ov_acc, ov8_acc = (evaluator.accuracy(a, list(TASKS)) for a in (ov, ov8))
+    assert {t: ov_acc[t]["accuracy"] for t in TASKS} == {t: onnx_acc[t]["accuracy"] for t in TASKS}
+    assert all(ov8_acc[t]["accuracy"] is not None for t in TASKS), ov8_acc
