@@ -1,8 +1,9 @@
 """Evaluation after every stage: accuracy on the stage's own task and every earlier one.
 
 A PyTorch artifact (``hf`` or ``torch-int8``) is loaded once and each task's head
-(``chain.heads``) is put on its encoder in turn; an ONNX artifact has one head baked in,
-so it is evaluated on its own task only (the other cells say why they are empty).
+(``chain.heads``) is put on its encoder in turn; a multi-task ONNX/OpenVINO graph has one
+output per task (its manifest's ``heads``), each evaluated on its task; a single-task
+graph on its own task only (the other cells say why they are empty).
 Results are cached in the artifact's manifest under ``evaluations``, keyed by a hash of
 the evaluation settings and the task data, so a resumed run never re-evaluates.
 
@@ -128,15 +129,23 @@ class Evaluator:
         from .predict import accuracy
         from .runtime import load_predictor
 
+        heads = artifact.manifest.get("heads") or {}
         out = {}
         for t in tasks:
-            if t != own:
+            if t != own and t not in heads:
                 out[t] = {"accuracy": None, "examples": 0,
-                          "note": f"an {_LABELS.get(artifact.format, artifact.format)} artifact has its own task's head only"}
+                          "note": f"this {_LABELS.get(artifact.format, artifact.format)} artifact has no output "
+                                  f"for {t} (export a parent carrying its head to get one)"}
                 continue
-            pred = load_predictor(artifact, self.cfg.threads or 1, self.trust_remote_code)
-            out[t] = {"accuracy": accuracy(pred, self._batches_for(artifact, t), self.split(t).labels),
-                      "examples": len(self.split(t))}
+            pred = load_predictor(artifact, self.cfg.threads or 1, self.trust_remote_code, task=t)
+            batches = self._batches_for(artifact, t)
+            n_out = pred(batches[0][1]).shape[-1]
+            if n_out != self.tasks[t].num_labels:
+                out[t] = {"accuracy": None, "examples": 0,
+                          "note": f"the model has {n_out} outputs for {t}, task {t} has "
+                                  f"{self.tasks[t].num_labels} labels"}
+                continue
+            out[t] = {"accuracy": accuracy(pred, batches, self.split(t).labels), "examples": len(self.split(t))}
         return out
 
     def latency(self, artifact: Artifact, parent: Artifact, task: str) -> dict:

@@ -34,7 +34,7 @@ from .errors import ChainpressError, SpecError, TrainingError
 from .evaluate import Evaluator
 from .faults import pause_point
 from .gates import check_gate
-from .heads import copy_heads
+from .heads import copy_heads, head_tasks
 from .jsonio import read_json, write_json_atomic
 from .overlap import train_eval_overlap
 from .records import StageRecord, Status
@@ -128,8 +128,9 @@ class ChainRun:
                 fields.setdefault("num_labels", parent.artifact.manifest.get("num_labels"))
                 fields.setdefault("labels", parent.artifact.manifest.get("labels"))
                 fields.setdefault("task", ctx.task.to_dict() if ctx.task else parent.artifact.manifest.get("task"))
-                if not cls.trains_on_task and fields.get("format") in ("hf", "torch-int8"):
+                if not cls.trains_on_task and fields.get("format") in ("hf", "torch-int8") and not head_tasks(tmp):
                     copy_heads(parent.artifact.path, tmp)  # same encoder family: earlier heads still apply
+                    # (a stage that wrote heads itself, distill_heads, keeps its own)
                 write_manifest(tmp, stage=st.name, stage_type=st.type, key=key, parent=str(parent.artifact.path),
                                parent_stage=parent.name, parent_key=parent.key, config=config_dict(config),
                                wall_time_s=round(time.perf_counter() - t0, 2), **fields)

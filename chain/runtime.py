@@ -67,11 +67,27 @@ def runtimes(fmt: str) -> list[str | None]:
     return sorted((r for f, r in _predictors if f == fmt), key=lambda r: r or "")
 
 
+def task_output(artifact: Artifact, task: str | None) -> str | None:
+    """The graph output holding ``task``'s logits in a multi-task artifact (its manifest's
+    ``heads``: {task: {"output": "logits_<task>", ...}}); None: the artifact's own output.
+    ``ModelError`` if the artifact serves neither that task nor only its own."""
+    own = (artifact.manifest.get("task") or {}).get("name")
+    heads = artifact.manifest.get("heads") or {}
+    if task is None or (task == own and task not in heads):
+        return None
+    if task not in heads:
+        raise ModelError(f"{artifact.path} has no output for task {task!r}; it serves "
+                         f"{sorted(heads) or [own]}")
+    return heads[task]["output"]
+
+
 def load_predictor(artifact: Artifact, threads: int, trust_remote_code: bool = False,
-                   runtime: str | None = ...) -> Predictor:
+                   runtime: str | None = ..., task: str | None = None) -> Predictor:
     """The artifact's predictor; ``runtime`` (one of ``runtimes(artifact.format)``) overrides
-    the manifest's ``runtime`` field."""
+    the manifest's ``runtime`` field; ``task`` selects that task's output of a multi-task
+    graph (a runtime-only format: its loader takes ``output=``)."""
     load_plugins()
+    output = task_output(artifact, task)
     if runtime is ...:
         runtime = artifact.manifest.get("runtime")
     fn = _predictors.get((artifact.format, runtime))
@@ -79,7 +95,15 @@ def load_predictor(artifact: Artifact, threads: int, trust_remote_code: bool = F
         known = ", ".join(f"{f}" + (f"+{r}" if r else "") for f, r in sorted(_predictors, key=str))
         raise ModelError(f"{artifact.path}: no runtime for format {artifact.format!r}"
                          + (f" with runtime {runtime!r}" if runtime else "") + f"; known: {known}")
-    return fn(artifact, threads, trust_remote_code)
+    if output is None:
+        return fn(artifact, threads, trust_remote_code)
+    try:
+        return fn(artifact, threads, trust_remote_code, output=output)
+    except TypeError as e:
+        if "output" not in str(e):
+            raise
+        raise ModelError(f"{artifact.path}: runtime {runtime or artifact.format!r} cannot select output "
+                         f"{output!r} of a multi-task graph; evaluate it on its own task") from None
 
 
 # chain's own runtime: PyTorch eager, for Hugging Face weights and every registered PyTorch format

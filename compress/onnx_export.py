@@ -24,6 +24,9 @@ class OnnxExportConfig:
     opset: int = 17
     atol: float = 1e-4  # max |logit difference| allowed, fp32 vs fp32
     validation_samples: int = 32
+    # A parent carrying other tasks' heads (chain.heads) gets one output per task,
+    # ``logits_<task>``, from one encoder pass (compress.onnx_multitask); False: its own head only.
+    multitask: bool = True
 
     def __post_init__(self) -> None:
         if self.opset < 14:
@@ -50,14 +53,15 @@ def ort_session(model_path: str | Path, threads: int = 1):
     return ort.InferenceSession(str(model_path), so, providers=["CPUExecutionProvider"])
 
 
-def onnx_logits(session, enc: dict) -> np.ndarray:
+def onnx_logits(session, enc: dict, output: str | None = None) -> np.ndarray:
+    """Output 0 (``logits``: the artifact's own task), or the named one (``logits_<task>``)."""
     names = {i.name for i in session.get_inputs()}
     feed = {k: np.asarray(v, dtype=np.int64) for k, v in enc.items() if k in names}
-    return session.run(None, feed)[0]
+    return session.run(None if output is None else [output], feed)[0]
 
 
 def compare_logits(ref_model, session, tokenizer, texts: list[str], atol: float,
-                   batch_sizes=(1, 8), max_length: int = 128) -> dict:
+                   batch_sizes=(1, 8), max_length: int = 128, output: str | None = None) -> dict:
     """Run both models on ``texts``; return max abs diff and every failing batch."""
     failures, max_diff, agree, n = [], 0.0, 0, 0
     # Both sides get the same inputs: the graph's. A tokenizer's token_type_ids reach GPT-2 as
@@ -70,7 +74,7 @@ def compare_logits(ref_model, session, tokenizer, texts: list[str], atol: float,
             enc = {k: v for k, v in enc.items() if k in names}
             with torch.inference_mode():
                 ref = ref_model(**{k: torch.from_numpy(v) for k, v in enc.items()}).logits.float().numpy()
-            got = onnx_logits(session, enc)
+            got = onnx_logits(session, enc, output)
             diff = float(np.abs(ref - got).max())
             max_diff = max(max_diff, diff)
             same = ref.argmax(-1) == got.argmax(-1)
@@ -107,5 +111,41 @@ def export_onnx(model_dir: Path, out_dir: Path, texts: list[str], config: OnnxEx
         raise ExportValidationError(
             f"ONNX export of {model_dir} does not match PyTorch within atol={config.atol}: "
             + "; ".join(report["failures"][:5]) + " -- raise `atol` only if this drift is acceptable")
-    return {"validation": {k: v for k, v in report.items() if k != "failures"},
-            "validation_samples": min(len(texts), config.validation_samples), "atol": config.atol}
+    out = {"validation": {k: v for k, v in report.items() if k != "failures"},
+           "validation_samples": min(len(texts), config.validation_samples), "atol": config.atol}
+    if config.multitask:
+        out.update(export_heads(model_dir, out_dir, ref, texts[:config.validation_samples], config.atol))
+    return out
+
+
+def export_heads(model_dir: Path, out_dir: Path, model, texts: list[str], atol: float) -> dict:
+    """Add ``logits_<task>`` outputs for every head ``model_dir`` carries (none: {}); the
+    manifest fields ``heads`` ({task: output, labels, num_labels}) and ``head_validation``."""
+    from chain.heads import head_labels, head_tasks, load_head
+
+    from .onnx_multitask import add_task_heads, validate_heads
+
+    tasks = head_tasks(model_dir)
+    own = _own_task(model_dir)
+    if not tasks or tasks == [own] or own is None:
+        return {}
+    if own not in tasks:
+        raise ModelError(f"{model_dir} carries heads for {tasks} but none for its own task {own!r}; "
+                         "re-run its fine-tune stage (it saves its head)")
+    heads = {t: load_head(model_dir, t) for t in tasks}
+    outputs = add_task_heads(out_dir / "model.onnx", model, heads, own)
+    validation = validate_heads(model_dir, out_dir / "model.onnx", outputs, texts, atol)
+    return {"heads": {t: {"output": o, "labels": head_labels(model_dir, t),
+                          "num_labels": int(_rows(heads[t]))} for t, o in outputs.items()},
+            "head_validation": validation}
+
+
+def _rows(state: dict) -> int:
+    return [v for k, v in state.items() if k.endswith("weight") and v.dim() == 2][-1].shape[0]
+
+
+def _own_task(model_dir: Path) -> str | None:
+    """The task the artifact was trained on last (its manifest), whose head is the model's."""
+    from chain.artifact import Artifact
+
+    return (Artifact.load(model_dir).manifest.get("task") or {}).get("name")

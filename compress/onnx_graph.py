@@ -121,6 +121,16 @@ def require_body_quantized(before, after, arch: Arch, stage: str) -> None:
                          f"was quantized (e.g. {body[0]}); only the head would be touched, so nothing is saved")
 
 
+def require_outputs(before, after, stage: str) -> None:
+    """Every output of the parent graph (each task's ``logits_<task>``) must survive a rewrite."""
+    from chain.errors import ModelError
+
+    lost = [o.name for o in before.output if o.name not in {a.name for a in after.output}]
+    if lost:
+        raise ModelError(f"{stage}: the rewritten graph lost output(s) {lost}; a multi-task graph must keep "
+                         "one output per task")
+
+
 # Reduce ops whose ``axes`` moved from an attribute to an input in opset 18 (ReduceSum did in 13).
 _REDUCE_18 = ("ReduceMean", "ReduceMax", "ReduceMin", "ReduceProd", "ReduceSumSquare", "ReduceL1", "ReduceL2",
               "ReduceLogSum", "ReduceLogSumExp")

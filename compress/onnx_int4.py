@@ -68,7 +68,7 @@ def quantize_onnx_int4(src_dir: Path, out_dir: Path, config: OrtInt4Config = Ort
     from onnx import helper, numpy_helper
 
     from chain.arch import arch_for
-    from .onnx_graph import float_layers, head_nodes, prepare, require_body_quantized
+    from .onnx_graph import float_layers, head_nodes, prepare, require_body_quantized, require_outputs
 
     arch = arch_for(json.loads((src_dir / "config.json").read_text()))
     model = onnx.load(str(src_dir / "model.onnx"))
@@ -123,6 +123,7 @@ def quantize_onnx_int4(src_dir: Path, out_dir: Path, config: OrtInt4Config = Ort
     after = onnx.load(str(out), load_external_data=False)
     onnx.checker.check_model(after)
     require_body_quantized(before.graph, after.graph, arch, "quantize_onnx_int4")
+    require_outputs(before.graph, after.graph, "quantize_onnx_int4")
     report["float_layers"] = float_layers(before.graph, after.graph, reasons,
                                           "onnxruntime's 4-bit Gather quantizer left it float")
     report["fp32_matmuls"] = [n for n, op in _weight_ops(before.graph).items()

@@ -190,6 +190,10 @@ def quantize_onnx_static_int8(src_dir: Path, out_dir: Path, calib_texts: list[st
                                     f"{config.min_sqnr_db}); try calibration: entropy or percentile, more "
                                     "calibration_samples, or op_types: [MatMul]")
     copy_aux(src_dir, out_dir)
+    from .onnx_graph import require_outputs
+
+    require_outputs(onnx.load(str(src), load_external_data=False).graph,
+                    onnx.load(str(dst), load_external_data=False).graph, "quantize_onnx_static_int8")
     ops = sorted({n.op_type for n in onnx.load(str(dst), load_external_data=False).graph.node})
     return {**report, "graph": graph, "fallback_reason": fallback, "sqnr_db": round(sqnr, 2),
             "argmax_agreement": agree, "quantized_weight_fraction": round(quantized_weight_fraction(dst), 4),

@@ -20,6 +20,7 @@ message saying which stage to put first.
 """
 from __future__ import annotations
 
+import json
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -35,7 +36,7 @@ from chain.runtime import load_predictor, register_runtime
 from chain.stage import RunContext, Stage
 
 from .onnx_quantize import copy_aux
-from .stages import calibration_texts, validation_texts
+from .stages import calibration_texts, carry_heads, validation_texts
 
 PRECISIONS = ("f32", "bf16", "auto", "default")
 XML = "model.xml"
@@ -74,14 +75,17 @@ def compile_openvino(model, threads: int, precision: str = "f32"):
     return core.compile_model(core.read_model(str(model)) if isinstance(model, (str, Path)) else model, "CPU", config)
 
 
-def openvino_fn(compiled):
-    """A batch-in, logits-out function over one infer request (logits are copied out of it)."""
+def openvino_fn(compiled, output: str | None = None):
+    """A batch-in, logits-out function over one infer request (logits are copied out of it);
+    ``output``: a multi-task graph's ``logits_<task>`` instead of output 0."""
     names = {n for port in compiled.inputs for n in port.get_names()}
     request = compiled.create_infer_request()
+    port = compiled.output(output) if output else None
 
     def run(enc: dict) -> np.ndarray:
         request.infer({k: np.asarray(v, dtype=np.int64) for k, v in enc.items() if k in names})
-        return np.array(request.get_output_tensor(0).data, dtype=np.float32)
+        tensor = request.get_output_tensor(0) if port is None else request.get_tensor(port)
+        return np.array(tensor.data, dtype=np.float32)
 
     return run
 
@@ -98,17 +102,19 @@ def ir_path(artifact: Artifact) -> Path:
 
 
 @register_runtime("openvino")
-def openvino_predictor(artifact: Artifact, threads: int, trust_remote_code: bool = False) -> Predictor:
+def openvino_predictor(artifact: Artifact, threads: int, trust_remote_code: bool = False,
+                       output: str | None = None) -> Predictor:
     precision = resolve_precision((artifact.manifest.get("openvino") or {}).get("precision", "f32"))
     return Predictor(artifact.name, f"openvino-{precision}",
-                     openvino_fn(compile_openvino(ir_path(artifact), threads, precision)))
+                     openvino_fn(compile_openvino(ir_path(artifact), threads, precision), output))
 
 
 def _onnx_on_openvino(precision: str):
-    def load(artifact: Artifact, threads: int, trust_remote_code: bool = False) -> Predictor:
+    def load(artifact: Artifact, threads: int, trust_remote_code: bool = False,
+             output: str | None = None) -> Predictor:
         refuse_contrib_ops(artifact.path / "model.onnx")
         return Predictor(artifact.name, f"openvino-{precision}",
-                         openvino_fn(compile_openvino(artifact.path / "model.onnx", threads, precision)))
+                         openvino_fn(compile_openvino(artifact.path / "model.onnx", threads, precision), output))
     return load
 
 
@@ -199,17 +205,25 @@ def _tokenizer(parent: Artifact, trust_remote_code: bool):
 
 def _check(parent: Artifact, out_dir: Path, manifest: dict, texts: list[str], ctx: RunContext,
            atol: float | None, min_agreement: float, what: str) -> dict:
-    """Compare the saved IR with the parent on real ``texts``; raise if it drifts too far."""
+    """Compare the saved IR with the parent on real ``texts`` (every task output of a multi-task
+    graph); raise if one drifts too far. Returns the own output's report (+ ``heads``: per task)."""
     tok = _tokenizer(parent, ctx.trust_remote_code)
     threads = ctx.threads or 1
-    report = compare(load_predictor(parent, threads, ctx.trust_remote_code),
-                     openvino_predictor(Artifact(out_dir, manifest), threads), tok, texts)
-    if (atol is not None and report["max_abs_diff"] > atol) or report["argmax_agreement"] < min_agreement:
-        raise ExportValidationError(
-            f"{what} does not match its parent on {report['compared']} real sentences: max|diff| "
-            f"{report['max_abs_diff']:.2e}" + (f" (atol {atol})" if atol is not None else "")
-            + f", argmax agreement {report['argmax_agreement']:.3f} (min {min_agreement})")
-    return report
+    heads = manifest.get("heads") or {}
+    outputs = {None: None, **{t: h["output"] for t, h in heads.items()}}
+    reports = {}
+    for task, output in outputs.items():
+        report = compare(load_predictor(parent, threads, ctx.trust_remote_code, task=task),
+                         openvino_predictor(Artifact(out_dir, manifest), threads, output=output), tok, texts)
+        if (atol is not None and report["max_abs_diff"] > atol) or report["argmax_agreement"] < min_agreement:
+            raise ExportValidationError(
+                f"{what}{f' (task {task})' if task else ''} does not match its parent on {report['compared']} "
+                f"real sentences: max|diff| {report['max_abs_diff']:.2e}"
+                + (f" (atol {atol})" if atol is not None else "")
+                + f", argmax agreement {report['argmax_agreement']:.3f} (min {min_agreement})")
+        reports[task] = report
+    own = reports.pop(None)
+    return {**own, "heads": reports} if reports else own
 
 
 def _no_bf16(precision: str) -> dict | None:
@@ -237,7 +251,8 @@ class ExportOpenVino(Stage):
         texts = validation_texts(ctx, self.name, cfg.validation_samples)
         save_ir(to_openvino(parent, _example(_tokenizer(parent, ctx.trust_remote_code)), ctx.trust_remote_code),
                 out_dir, parent)
-        manifest = {"format": "openvino", "openvino": {"xml": XML, "precision": cfg.precision}}
+        manifest = {"format": "openvino", "openvino": {"xml": XML, "precision": cfg.precision},
+                    **(carry_heads(parent) if parent.format == "onnx" else {})}
         exact = resolve_precision(cfg.precision) == "f32"
         report = _check(parent, out_dir, manifest, texts, ctx, cfg.atol if exact else None,
                         cfg.min_agreement, f"OpenVINO IR ({cfg.precision})")
@@ -267,16 +282,29 @@ class OpenVinoInt8Config:
             raise SpecError(f"min_agreement must be in (0, 1], got {self.min_agreement}")
 
 
-def nncf_int8(ov_model, batches: list[dict], cfg: OpenVinoInt8Config):
-    """NNCF post-training int8 of ``ov_model`` calibrated on tokenized ``batches``."""
+def head_patterns(hf_config: dict) -> list[str]:
+    """Regexes of the head nodes (every task's copy too: ``/heads/<task>/classifier/Gemm``) in
+    a graph read from our ONNX export, which NNCF leaves float like the other quantizers."""
+    import re
+
+    from chain.arch import arch_for
+
+    return [f".*/{re.escape(h.replace('.', '/'))}/.*" for h in arch_for(hf_config).head]
+
+
+def nncf_int8(ov_model, batches: list[dict], cfg: OpenVinoInt8Config, ignored: list[str] = ()):
+    """NNCF post-training int8 of ``ov_model`` calibrated on tokenized ``batches``; node names
+    matching ``ignored`` (regexes) stay float."""
     import nncf
 
     nncf.set_log_level(logging.ERROR)
     names = {n for port in ov_model.inputs for n in port.get_names()}
     data = nncf.Dataset(batches, lambda enc: {k: v for k, v in enc.items() if k in names})
+    scope = nncf.IgnoredScope(patterns=list(ignored), validate=False) if ignored else None
     return nncf.quantize(ov_model, data, preset=getattr(nncf.QuantizationPreset, cfg.preset.upper()),
                          model_type=nncf.ModelType.TRANSFORMER, subset_size=len(batches),
-                         fast_bias_correction=cfg.fast_bias_correction)
+                         fast_bias_correction=cfg.fast_bias_correction,
+                         **({"ignored_scope": scope} if scope else {}))
 
 
 @register_stage("quantize_openvino_int8")
@@ -298,8 +326,14 @@ class QuantizeOpenVinoInt8(Stage):
         calib = [enc for _, enc in encode_batches(tok, calibration_texts(ctx, self.name, cfg.calibration_samples),
                                                   1, cfg.max_length)]
         checks = validation_texts(ctx, self.name, cfg.validation_samples)
-        save_ir(nncf_int8(to_openvino(parent, _example(tok), ctx.trust_remote_code), calib, cfg), out_dir, parent)
-        manifest = {"format": "openvino", "openvino": {"xml": XML, "precision": cfg.precision}}
+        heads = carry_heads(parent) if parent.format == "onnx" else {}
+        # a multi-task graph's heads stay float (every quantizer keeps heads float); a single head: NNCF's choice
+        ignored = head_patterns(json.loads((parent.path / "config.json").read_text())) if heads else []
+        save_ir(nncf_int8(to_openvino(parent, _example(tok), ctx.trust_remote_code), calib, cfg, ignored),
+                out_dir, parent)
+        manifest = {"format": "openvino", "openvino": {"xml": XML, "precision": cfg.precision}, **heads}
         report = _check(parent, out_dir, manifest, checks, ctx, None, cfg.min_agreement, "NNCF int8 model")
+        floats = {p: "head (every task's): kept float, nncf IgnoredScope" for p in ignored}
         return {**manifest, "validation": report, "from_format": parent.format, "calibration_samples": len(calib),
+                **({"float_layers": floats} if floats else {}),
                 "quantization": {"tool": "nncf", "preset": cfg.preset, "model_type": "transformer"}}

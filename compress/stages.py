@@ -29,11 +29,19 @@ from .torch_int8 import Int8DynamicConfig, save_int8
 
 
 @register_runtime("onnx")
-def onnx_predictor(artifact: Artifact, threads: int, trust_remote_code: bool = False) -> Predictor:
+def onnx_predictor(artifact: Artifact, threads: int, trust_remote_code: bool = False,
+                   output: str | None = None) -> Predictor:
+    """``output``: a multi-task graph's ``logits_<task>`` (chain.runtime picks it by task)."""
     from .onnx_export import onnx_logits, ort_session
 
     sess = ort_session(artifact.path / "model.onnx", threads)
-    return Predictor(artifact.name, "onnxruntime", lambda enc: onnx_logits(sess, enc))
+    return Predictor(artifact.name, "onnxruntime", lambda enc: onnx_logits(sess, enc, output))
+
+
+def carry_heads(parent: Artifact) -> dict:
+    """The manifest's list of task outputs, for a stage that rewrites a multi-task graph
+    (its quantizer checks every output survived: ``onnx_graph.require_outputs``)."""
+    return {"heads": parent.manifest["heads"]} if parent.manifest.get("heads") else {}
 
 
 @register_model_format("torch-int8")
@@ -112,7 +120,7 @@ class QuantizeOnnxInt8(Stage):
 
     def run(self, parent: Artifact, out_dir: Path, ctx: RunContext) -> dict:
         _require(parent, "onnx", self.name)
-        return {"format": "onnx",
+        return {"format": "onnx", **carry_heads(parent),
                 **quantize_onnx_int8(parent.path, out_dir, self.config, validation_texts(ctx, self.name, 32))}
 
 
@@ -128,7 +136,7 @@ class QuantizeOnnxInt4(Stage):
 
     def run(self, parent: Artifact, out_dir: Path, ctx: RunContext) -> dict:
         _require(parent, "onnx", self.name)
-        return {"format": "onnx",
+        return {"format": "onnx", **carry_heads(parent),
                 **quantize_onnx_int4(parent.path, out_dir, self.config)}
 
 
@@ -148,7 +156,7 @@ class QuantizeOnnxStaticInt8(Stage):
         report = quantize_onnx_static_int8(parent.path, out_dir,
                                            calibration_texts(ctx, self.name, self.config.calibration_samples),
                                            validation_texts(ctx, self.name, 32), self.config)
-        return {"format": "onnx", **report}
+        return {"format": "onnx", **carry_heads(parent), **report}
 
 
 def rewrite_hf(parent: Artifact, out_dir: Path, stage: str, transform) -> dict:

@@ -91,6 +91,17 @@ class Bundle:
         return self.path / self.meta["model"]
 
     @property
+    def tasks(self) -> dict[str, dict]:
+        """{task: {"output": graph output, "labels": [...]}} of a multi-task bundle, its own task
+        first; {} for a single-task one (its one head is ``labels``)."""
+        return dict(self.meta.get("tasks") or {})
+
+    @property
+    def task(self) -> str | None:
+        """The bundle's own task (the ``logits`` output's, what ``labels`` name)."""
+        return (self.meta.get("source") or {}).get("task")
+
+    @property
     def reference(self) -> dict | None:
         return self.meta.get("reference")
 

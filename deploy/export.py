@@ -107,6 +107,7 @@ def build_bundle(art: Artifact, dest: Path, cfg: ExportConfig, target: str = "bu
     meta = {"format": BUNDLE_FORMAT, "version": BUNDLE_VERSION, "target": target, "model": "model.onnx",
             "labels": labels, "num_labels": len(labels), "max_length": cfg.max_length,
             **io_names(dest / "model.onnx"), "model_info": model_info, "validation_texts": text_note,
+            **bundle_tasks(art, model_info, dest / "model.onnx", labels),
             "source": {"stage": art.name, "format": art.format, "task": (art.manifest.get("task") or {}).get("name"),
                        "metrics": card.measured(art.manifest),
                        "created": art.manifest.get("created"), "versions": art.manifest.get("versions", {})},
@@ -150,6 +151,25 @@ def write_model(art: Artifact, dest: Path, texts: list[str]) -> dict:
         return {"how": "exported from the Hugging Face artifact by optimum, checked against PyTorch", **report}
     raise ModelError(f"{art.path} is a {art.format!r} artifact, which only chainpress' PyTorch runtime runs; "
                      "export its parent (hf) or an ONNX stage (onnx, onnx-int8) instead")
+
+
+def bundle_tasks(art: Artifact, model_info: dict, model_path: Path, labels: list[str]) -> dict:
+    """``{"tasks": {task: {"output", "labels"}}}`` for a multi-task graph (own task first, its
+    labels the bundle's), from the artifact's manifest or the export's report; {} otherwise."""
+    heads = art.manifest.get("heads") or model_info.get("heads") or {}
+    if not heads:
+        return {}
+    outputs = set(io_names(model_path)["outputs"])
+    own = (art.manifest.get("task") or {}).get("name")
+    lost = [t for t, h in heads.items() if h["output"] not in outputs]
+    if lost:
+        raise ModelError(f"{model_path} lacks the outputs of task(s) {lost} its artifact lists; re-export it")
+    order = sorted(heads, key=lambda t: (t != own, t))
+    tasks = {t: {"output": heads[t]["output"],
+                 "labels": labels if t == own else list(heads[t].get("labels") or BUILTIN_LABELS.get(t) or
+                                                        [f"LABEL_{i}" for i in range(heads[t]["num_labels"])])}
+             for t in order}
+    return {"tasks": tasks}
 
 
 def io_names(model_path: Path) -> dict:

@@ -6,6 +6,9 @@ a BYTES tensor is each element as a 4-byte little-endian length plus its bytes. 
 asks for binary outputs the same way (``binary_data_output`` or per-output
 ``binary_data``). Both forms are read and written here; every malformed request
 raises ``BadRequest`` with a message the client sees in ``{"error": ...}``.
+
+A multi-task bundle also has ``label_<task>`` / ``scores_<task>`` outputs, one pair per
+head, and a request parameter ``task`` choosing which head ``label``/``scores`` answer.
 """
 from __future__ import annotations
 
@@ -52,6 +55,19 @@ class InferRequest:
     texts: list[str]
     outputs: list[str]
     binary: dict[str, bool]
+    task: str | None = None  # the request's ``parameters.task``: which head label/scores answer
+
+
+def task_outputs(tasks) -> dict[str, str]:
+    """Output name -> datatype for every head of a multi-task model (none for one head)."""
+    return {f"{kind}_{t}": dt for t in tasks for kind, dt in OUTPUTS.items()}
+
+
+def _task_param(params, where: str) -> str | None:
+    task = params.get("task") if isinstance(params, dict) else None
+    if task is not None and (not isinstance(task, str) or not task):
+        raise BadRequest(f"{where} `task` must be a task name (a string), got {task!r}")
+    return task
 
 
 def _json(raw: bytes):
@@ -88,8 +104,9 @@ def _utf8(b: bytes, i: int) -> str:
         raise BadRequest(f"text {i} is not valid UTF-8") from None
 
 
-def parse_infer(body: bytes, header_length: str | None) -> InferRequest:
-    """One v2 inference request: a single BYTES input named ``text`` of shape [n] or [n, 1]."""
+def parse_infer(body: bytes, header_length: str | None, known: dict[str, str] = OUTPUTS) -> InferRequest:
+    """One v2 inference request: a single BYTES input named ``text`` of shape [n] or [n, 1];
+    ``known``: the model's outputs (name -> datatype)."""
     if header_length is not None:
         try:
             n = int(header_length)
@@ -133,27 +150,36 @@ def parse_infer(body: bytes, header_length: str | None) -> InferRequest:
     if shape[0] != len(texts):
         raise BadRequest(f"shape says {shape[0]} texts but {len(texts)} were sent")
     req_params = head.get("parameters") or {}
-    all_binary = bool(req_params.get("binary_data_output", False))
+    all_binary = bool(req_params.get("binary_data_output", False)) if isinstance(req_params, dict) else False
+    task = _task_param(req_params, "request parameter")
     wanted = head.get("outputs")
     if wanted is None:
-        names, binary_out = list(OUTPUTS), {k: all_binary for k in OUTPUTS}
+        names, binary_out = list(known), {k: all_binary for k in known}
     else:
         if not isinstance(wanted, list) or not all(isinstance(o, dict) for o in wanted):
             raise BadRequest("`outputs` must be a list of objects with a `name`")
         names = [o.get("name") for o in wanted]
-        unknown = [n for n in names if n not in OUTPUTS]
+        unknown = [n for n in names if n not in known]
         if unknown:
-            raise BadRequest(f"unknown output(s) {unknown}; this model has {sorted(OUTPUTS)}")
+            raise BadRequest(f"unknown output(s) {unknown}; this model has {sorted(known)}")
         binary_out = {o["name"]: bool((o.get("parameters") or {}).get("binary_data", all_binary)) for o in wanted}
     rid = head.get("id")
-    return InferRequest(rid if isinstance(rid, str) else None, texts, names, binary_out)
+    return InferRequest(rid if isinstance(rid, str) else None, texts, names, binary_out, task)
 
 
-def infer_response(model: str, req: InferRequest, labels: list[str], probs: np.ndarray) -> tuple[bytes, dict]:
-    """(body, headers) of the v2 response; binary outputs go after the JSON header."""
+def _tensors(labels: list[str], probs: np.ndarray, suffix: str = "") -> dict:
     top = probs.argmax(-1)
-    tensors = {"label": ("BYTES", [len(top)], [labels[int(k)] for k in top]),
-               "scores": ("FP32", list(probs.shape), probs.astype(np.float32))}
+    return {f"label{suffix}": ("BYTES", [len(top)], [labels[int(k)] for k in top]),
+            f"scores{suffix}": ("FP32", list(probs.shape), probs.astype(np.float32))}
+
+
+def infer_response(model: str, req: InferRequest, labels: list[str], probs: np.ndarray,
+                   heads: dict[str, tuple[list[str], np.ndarray]] | None = None) -> tuple[bytes, dict]:
+    """(body, headers) of the v2 response; binary outputs go after the JSON header. ``heads``
+    ({task: (labels, probs)}) fill a multi-task model's ``label_<task>``/``scores_<task>``."""
+    tensors = _tensors(labels, probs)
+    for t, (names, p) in (heads or {}).items():
+        tensors.update(_tensors(names, p, f"_{t}"))
     outs, blobs = [], []
     for name in req.outputs:
         dtype, shape, value = tensors[name]
@@ -178,10 +204,15 @@ def infer_response(model: str, req: InferRequest, labels: list[str], probs: np.n
 
 def parse_predict(body: bytes) -> list[str]:
     """``/predict``: ``{"texts": ["...", ...]}`` (or ``{"text": "..."}``)."""
+    return parse_predict_request(body)[0]
+
+
+def parse_predict_request(body: bytes) -> tuple[list[str], str | None]:
+    """``/predict``: (texts, task) of ``{"texts": [...], "task": "subj"}`` (``task`` optional)."""
     d = _json(body)
     if not isinstance(d, dict) or ("texts" not in d and "text" not in d):
         raise BadRequest('send a JSON object {"texts": ["...", ...]}')
     texts = d["texts"] if "texts" in d else [d["text"]]
     if not isinstance(texts, list):
         raise BadRequest(f"`texts` must be a list of strings, got {type(texts).__name__}")
-    return texts
+    return texts, _task_param(d, "field")

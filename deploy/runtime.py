@@ -51,6 +51,35 @@ class Classifier:
     def probabilities(self, texts: list[str]) -> np.ndarray:
         return softmax(self.logits(texts))
 
+    @property
+    def tasks(self) -> dict[str, dict]:
+        """A multi-task bundle's {task: {"output", "labels"}} (own task first); {} otherwise."""
+        return self.bundle.tasks
+
+    def task_probabilities(self, texts: list[str]) -> dict[str, np.ndarray]:
+        """{task: (len(texts), its labels) probabilities} of every head, from ONE encoder pass
+        (one session run computing every output); a single-task bundle: {its task: probs}."""
+        if not self.tasks:
+            return {self.bundle.task or "default": self.probabilities(texts)}
+        enc = self.tokenizer(texts, padding=True, truncation=True, max_length=self.max_length,
+                             return_tensors="np")
+        feed = {k: np.asarray(enc[k], dtype=np.int64) for k in self.input_names}
+        names = [h["output"] for h in self.tasks.values()]
+        outs = self.session.run(names, feed)
+        return {t: softmax(o.astype(np.float32)) for t, o in zip(self.tasks, outs)}
+
+    def stacked(self, texts: list[str]) -> np.ndarray:
+        """Every head's probabilities side by side (own task first): rows the micro-batcher can
+        split per request; ``unstack`` cuts them back per task."""
+        return np.concatenate(list(self.task_probabilities(texts).values()), axis=-1)
+
+    def unstack(self, rows: np.ndarray) -> dict[str, np.ndarray]:
+        out, i = {}, 0
+        for t, h in (self.tasks or {self.bundle.task or "default": {"labels": self.labels}}).items():
+            n = len(h["labels"])
+            out[t], i = rows[..., i:i + n], i + n
+        return out
+
     def token_lengths(self, texts: list[str]) -> list[int]:
         """Tokens per text after truncation (what a batch is padded to)."""
         ids = self.tokenizer(texts, truncation=True, max_length=self.max_length)["input_ids"]

@@ -7,6 +7,13 @@ Endpoints:
   (metadata: one BYTES input ``text``, outputs ``label`` BYTES and ``scores`` FP32),
   ``/v2/models/{name}/ready``, ``POST /v2/models/{name}/infer`` (JSON or binary tensors);
 * ``POST /predict``: ``{"texts": [...]}`` -> labels and per-label scores;
+
+A multi-task bundle (one encoder pass, one output per task: ``compress.onnx_multitask``)
+answers every head from one model call: ``/predict`` with ``"task": "subj"`` (v2: request
+parameter ``task``) answers that head in ``labels``/``scores``; without it, ``labels``/
+``scores`` are the bundle's own task's and ``tasks`` (v2: ``label_<task>``/``scores_<task>``
+outputs) holds every head's answer. The metadata lists the tasks and their labels.
+Metrics and drift watch the own task's head.
 * ``GET /metrics``: Prometheus text (``metrics.py``).
 
 Errors are ``{"error": "..."}`` with 400 (malformed), 404 (unknown model), 413 (too
@@ -34,7 +41,8 @@ from chain.errors import SpecError
 
 from .batching import BatchConfig, MicroBatcher, QueueFull, ShuttingDown
 from .bundle import Bundle
-from .protocol import INPUT_NAME, BadRequest, Limits, infer_response, parse_infer, parse_predict
+from .protocol import (INPUT_NAME, OUTPUTS, BadRequest, Limits, infer_response, parse_infer, parse_predict_request,
+                       task_outputs)
 
 log = logging.getLogger("chainpress.deploy.server")
 CONFIG_ENV = "CHAINPRESS_SERVE_CONFIG"  # how --workers hands the config to each worker process
@@ -97,12 +105,28 @@ def create_app(cfg: ServerConfig):
         log.warning("bundle %s has no drift reference (%s): drift is not monitored", name,
                     bundle.meta.get("reference_note", "none stored"))
     metrics = Metrics(bundle.labels, drift, SloMonitor(cfg.slo_p99_ms / 1e3))
+    tasks = {t: list(h["labels"]) for t, h in bundle.tasks.items()}  # own task first; {}: one head
+    own_n = len(bundle.labels)
+
+    def split(rows) -> dict:
+        """A multi-task batch row (every head's probabilities side by side) cut per task."""
+        out, i = {}, 0
+        for t, labels in tasks.items():
+            out[t], i = rows[:, i:i + len(labels)], i + len(labels)
+        return out
+
+    def choose(task: str | None) -> str | None:
+        if task is None or task in tasks or (not tasks and task == bundle.task):
+            return task
+        serves = sorted(tasks) if tasks else [bundle.task]
+        raise BadRequest(f"unknown task {task!r}; model {name!r} serves {serves}")
 
     @contextlib.asynccontextmanager
     async def lifespan(app):
         clf = Classifier(bundle, threads=cfg.threads)
-        clf.probabilities(["warm up"])  # first call allocates; keep it out of a request
-        batcher = MicroBatcher(clf.probabilities, cfg.batch, on_batch=metrics.on_batch)
+        fn = clf.stacked if tasks else clf.probabilities
+        fn(["warm up"])  # first call allocates; keep it out of a request
+        batcher = MicroBatcher(fn, cfg.batch, on_batch=lambda stats, rows: metrics.on_batch(stats, rows[:, :own_n]))
         await batcher.start()
         state.update(ready=True, batcher=batcher)
         log.info("serving %s (%d labels) from %s", name, len(bundle.labels), bundle.path)
@@ -115,8 +139,13 @@ def create_app(cfg: ServerConfig):
     metadata = {"name": name, "versions": ["1"], "platform": "onnxruntime_onnx",
                 "inputs": [{"name": INPUT_NAME, "datatype": "BYTES", "shape": [-1]}],
                 "outputs": [{"name": "label", "datatype": "BYTES", "shape": [-1]},
-                            {"name": "scores", "datatype": "FP32", "shape": [-1, len(bundle.labels)]}],
-                "parameters": {"labels": bundle.labels, "max_length": bundle.max_length}}
+                            {"name": "scores", "datatype": "FP32", "shape": [-1, len(bundle.labels)]}]
+                + [o for t, labels in tasks.items() for o in (
+                    {"name": f"label_{t}", "datatype": "BYTES", "shape": [-1]},
+                    {"name": f"scores_{t}", "datatype": "FP32", "shape": [-1, len(labels)]})],
+                "parameters": {"labels": bundle.labels, "max_length": bundle.max_length,
+                               **({"task": bundle.task, "tasks": tasks} if tasks else {})}}
+    known = {**OUTPUTS, **task_outputs(tasks)}
 
     async def run(endpoint: str, request: Request, handler):
         t0 = time.perf_counter()
@@ -183,20 +212,33 @@ def create_app(cfg: ServerConfig):
         async def handle():
             check_model(model, version)
             body = await read_body(request, cfg.limits.max_body_bytes)
-            req = parse_infer(body, request.headers.get("inference-header-content-length"))
+            req = parse_infer(body, request.headers.get("inference-header-content-length"), known)
+            task = choose(req.task)
             probs = await predict_probs(req.texts)
-            content, headers = infer_response(name, req, bundle.labels, probs)
+            if not tasks:
+                content, headers = infer_response(name, req, bundle.labels, probs)
+            else:
+                per = split(probs)
+                t = task or next(iter(tasks))
+                content, headers = infer_response(name, req, tasks[t], per[t],
+                                                  {k: (tasks[k], p) for k, p in per.items()})
             return Response(content, headers=headers)
         return await run("infer", request, handle)
 
     @app.post("/predict")
     async def predict(request: Request):
         async def handle():
-            texts = parse_predict(await read_body(request, cfg.limits.max_body_bytes))
+            texts, task = parse_predict_request(await read_body(request, cfg.limits.max_body_bytes))
+            task = choose(task)
             probs = await predict_probs(texts)
-            top = probs.argmax(-1)
-            return JSONResponse({"model": name, "labels": [bundle.labels[int(k)] for k in top],
-                                 "scores": [dict(zip(bundle.labels, map(float, row))) for row in probs]})
+            if not tasks:
+                return JSONResponse({"model": name, **answer(bundle.labels, probs)})
+            per = split(probs)
+            if task is not None:
+                return JSONResponse({"model": name, "task": task, **answer(tasks[task], per[task])})
+            own = next(iter(tasks))
+            return JSONResponse({"model": name, "task": own, **answer(tasks[own], per[own]),
+                                 "tasks": {t: answer(tasks[t], p) for t, p in per.items()}})
         return await run("predict", request, handle)
 
     @app.get("/metrics")
@@ -208,6 +250,12 @@ def create_app(cfg: ServerConfig):
 
     app.state.metrics, app.state.drift, app.state.model_name = metrics, drift, name
     return app
+
+
+def answer(labels: list[str], probs) -> dict:
+    """``/predict``'s labels and per-label scores for one head."""
+    return {"labels": [labels[int(k)] for k in probs.argmax(-1)],
+            "scores": [dict(zip(labels, map(float, row))) for row in probs]}
 
 
 def app_from_env():
