@@ -80,6 +80,7 @@ class _Stage:
 
 
 def test_registry_register_decorator_and_plugins(monkeypatch):
+    registry.load_plugins()  # before the copy: plugins loaded into it would vanish with it, _loaded staying True
     monkeypatch.setattr(registry, "_types", dict(registry._types))
     registry.register_stage("mine", _Stage)
     assert registry.stage_class("mine") is _Stage and registry.config_class(_Stage) is _Cfg
