@@ -22,6 +22,8 @@ COMMANDS = {
     "finetune": ("chain.__main__:main", True, "one fine-tune stage (torchrun / accelerate launch)"),
     "seeds": ("chain.seeds:main", False, "chain vs direct fine-tuning over several seeds"),
     "sensitivity": ("compress.sensitivity_report:main", False, "per-layer int8/int4 accuracy cost of a model"),
+    "multitask-report": ("compress.multitask_report:main", False,
+                         "a multi-task chain: every task's accuracy and the shared encoder pass's cost"),
     "kernels-bench": ("kernels.bench:main", False, "time the fused Triton kernels on a CUDA GPU"),
     "gate-check": ("bench.gate_check:main", False, "does the regression gate catch slowdowns (and only those)?"),
     "isolation-check": ("bench.isolation_check:main", False, "in-run timings vs each model timed alone"),
