@@ -20,7 +20,7 @@ import numpy as np
 
 from .artifact import Artifact
 from .ensemble_config import EnsembleConfig
-from .ensemble_members import dev_split, link_member, logits_on, member_summary, train_members
+from .ensemble_members import dev_split, link_member, member_summary, train_members
 from .registry import register_stage
 from .stage import RunContext, Stage
 
@@ -62,7 +62,7 @@ class Ensemble(Stage):
     parent: str | None = None
 
     def run(self, parent: Artifact, out_dir: Path, ctx: RunContext | None = None) -> dict:
-        from .model import load_model, load_tokenizer
+        from .model import load_tokenizer
 
         ctx = ctx or RunContext()
         cfg = self.config
@@ -70,9 +70,7 @@ class Ensemble(Stage):
         task = members[0].config.get_task()
         dev = dev_split(cfg)
         tok = load_tokenizer(members[0].artifact, ctx.trust_remote_code)
-        max_len = members[0].config.max_length
-        dev_logits = [logits_on(load_model(m.artifact, trust_remote_code=ctx.trust_remote_code), tok, dev.texts,
-                                max_len) for m in members]
+        dev_logits = [m.dev_logits() for m in members]
         y = np.asarray(dev.labels)
         k = len(members)
         if cfg.weights == "dev":

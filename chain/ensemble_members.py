@@ -26,6 +26,7 @@ from .stage import RunContext, config_dict
 from .task import Split, Task
 
 MEMBERS_DIR = "members"
+DEV_LOGITS = "dev_logits.npy"  # (N_dev, C) float32, written into each member when it is trained
 
 
 @dataclass
@@ -37,6 +38,11 @@ class Member:
     @property
     def dev_accuracy(self) -> float:
         return float(self.artifact.manifest["train"]["dev_accuracy"])
+
+    def dev_logits(self) -> np.ndarray:
+        """The member's logits on the dev split, computed once when it was trained (every
+        combining stage weighs or sorts members by them without running K models again)."""
+        return np.load(self.artifact.path / DEV_LOGITS)
 
 
 def parent_key(parent: Artifact) -> str:
@@ -108,10 +114,21 @@ def train_members(parent: Artifact, cfg: MembersConfig, out_dir: Path, ctx: RunC
         ctx.log(f"stage {stage}: training member {i + 1}/{len(cfg.members)} ({cfg.members[i]})")
         with staging_dir(dest) as tmp:
             fields = FineTune(config=mcfg, name=f"{stage}-m{i}").run(start, tmp, ctx)
+            _save_dev_logits(tmp, cfg, ctx)
             write_manifest(tmp, stage=f"{stage}-m{i}", stage_type="finetune", key=key, parent=str(start.path),
                            config=config_dict(mcfg), **fields)
         out.append(Member(Artifact.load(dest), mcfg, False))
     return out
+
+
+def _save_dev_logits(model_dir: Path, cfg: MembersConfig, ctx: RunContext) -> None:
+    from .model import load_model, load_tokenizer
+
+    art = Artifact(Path(model_dir), {"format": "hf"})
+    dev = dev_split(cfg)
+    logits = logits_on(load_model(art, trust_remote_code=ctx.trust_remote_code),
+                       load_tokenizer(art, ctx.trust_remote_code), dev.texts, cfg.member_configs()[0].max_length)
+    np.save(Path(model_dir) / DEV_LOGITS, logits)
 
 
 def member_summary(members: list[Member]) -> list[dict]:

@@ -71,7 +71,7 @@ class Soup(Stage):
             model.load_state_dict(state)
             return float((logits_on(model, tok, dev.texts, max_len).argmax(-1) == y).mean())
 
-        member_acc = [dev_accuracy(s) for s in states]
+        member_acc = [float((m.dev_logits().argmax(-1) == y).mean()) for m in members]
         if cfg.method == "uniform":
             chosen = list(range(len(members)))
             soup_acc = dev_accuracy(average_states(states))
