@@ -37,11 +37,11 @@ def combine(logits: list[np.ndarray], weights) -> np.ndarray:
 
 def tune_weights(logits: list[np.ndarray], labels: list[int], step: float) -> tuple[tuple[float, ...], float]:
     """(weights, dev accuracy) maximising dev accuracy; ties go to the weights nearest uniform,
-    so a grid with no better point returns the plain average."""
+    so a grid with no better point returns the plain average (a candidate even off the grid)."""
     y = np.asarray(labels)
     k = len(logits)
     best, best_key = None, None
-    for w in simplex(k, step):
+    for w in [(1 / k,) * k] + simplex(k, step):
         acc = float((combine(logits, w).argmax(-1) == y).mean())
         key = (acc, -float(np.sum((np.asarray(w) - 1 / k) ** 2)))
         if best_key is None or key > best_key:

@@ -42,4 +42,4 @@ def test_tune_weights_finds_the_one_good_member_and_falls_back_to_uniform():
     w, acc = tune_weights([bad, good, bad], y, 0.25)
     assert acc == 1.0 and w[1] > w[0] + w[2]
     w, acc = tune_weights([good, good, good], y, 0.25)  # every weighting ties: the plain average
-    assert w == pytest.approx((1 / 3,) * 3, abs=0.1) and acc == 1.0
+    assert w == pytest.approx((1 / 3,) * 3) and acc == 1.0
