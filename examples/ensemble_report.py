@@ -18,7 +18,9 @@ HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
 RUNS = REPO / "runs" / "ensemble_sst2"
 MAX_LENGTH = 64  # the spec's eval.max_length
-LATENCY_CALLS = 200
+LATENCY_CALLS = 100
+DOC = REPO / "docs" / "ensembles.md"
+BEGIN, END = "<!-- ensemble-study:begin (written by examples/ensemble_report.py) -->", "<!-- ensemble-study:end -->"
 
 # (key, label, chain stage or None, models run per input)
 ROWS = [
@@ -79,12 +81,14 @@ def member_test_logits(member_dir: Path, texts: list[str]) -> np.ndarray:
     return out
 
 
-def one_repeat(i: int, test, dev) -> dict:
+def one_repeat(i: int, test, dev, runs: Path = RUNS) -> dict:
     from chain.artifact import Artifact
     from chain.ensemble import combine, tune_weights
     from chain.jsonio import read_json
 
-    res = read_json(RUNS / f"r{i}" / "results.json")
+    res = read_json(runs / f"r{i}" / "results.json")
+    if not isinstance(res, dict):
+        raise SystemExit(f"error: {runs / f'r{i}' / 'results.json'} is missing; run `ensemble_study.py train` first")
     rows = {r["name"]: r for r in res["stages"]}
     bad = {n: r["status"] for n, r in rows.items() if r["status"] not in ("ok", "cached")}
     if bad:
@@ -170,7 +174,7 @@ def markdown(data: dict) -> str:
         lines.append(f"| {label} | " + " | ".join(_pct(v) for v in vals)
                      + f" | {_pct(float(np.mean(vals)))} | {lt.get('p50_ms', 'n/a')} | {lt.get('size_mb', 'n/a')} | "
                        f"{models} |")
-    lines += ["", "## Paired differences over repeats (points, 95% t-interval, n = %d)" % n, "",
+    lines += ["", f"## Paired differences over repeats (points, 95% t-interval, n = {n})", "",
               "| comparison | per repeat | mean | 95% interval | beats noise? |", "|---|---|---|---|---|"]
     for c in data["comparisons"]:
         lo, hi = c["ci95"]
@@ -214,14 +218,14 @@ def _goals(comp: dict) -> dict:
             "compressed_met": within}
 
 
-def report(repeats: int) -> int:
+def report(repeats: int, runs: Path = RUNS, results: Path | None = None) -> int:
     from chain.environment import environment
     from chain.jsonio import write_json_atomic
     from chain.task import builtin_task
 
     task = builtin_task("sst2")
     test, dev = task.load("test"), task.load("dev")
-    reps = [one_repeat(i, test, dev) for i in range(repeats)]
+    reps = [one_repeat(i, test, dev, runs) for i in range(repeats)]
     comparisons, comp = [], {}
     for a, b, what in PAIRS:
         d = [100 * (r[a] - r[b]) for r in reps]
@@ -234,8 +238,17 @@ def report(repeats: int) -> int:
     data = {"environment": environment(threads=1), "test_examples": len(test), "dev_examples": len(dev),
             "repeats": reps, "comparisons": comparisons, "latency": lat, "goals": _goals(comp),
             "latency_calls": LATENCY_CALLS}
-    stem = REPO / "docs" / "results" / f"ensembles-{time.strftime('%Y-%m-%d')}"
+    stem = results or REPO / "docs" / "results" / f"ensembles-{time.strftime('%Y-%m-%d')}"
     write_json_atomic(stem.with_suffix(".json"), data)
-    stem.with_suffix(".md").write_text(markdown(data))
-    print(stem.with_suffix(".md").read_text())
+    md = markdown(data)
+    stem.with_suffix(".md").write_text(md)
+    if results is not None:
+        print(md)
+        return 0
+    doc = DOC.read_text()
+    body = md.split("\n", 2)[2].replace("\n## ", "\n### ")  # below the title, one heading level down
+    body = f"From `docs/results/{stem.name}.md` (raw numbers: `{stem.name}.json`).\n\n" + body
+    head, rest = doc.split(BEGIN, 1)
+    DOC.write_text(head + BEGIN + "\n" + body + END + rest.split(END, 1)[1])
+    print(md)
     return 0

@@ -25,12 +25,14 @@ RUNS = HERE.parent / "runs" / "ensemble_sst2"
 STUDY_SKIPS = ("ens-dev",)
 
 
-def repeat_spec(i: int, spec_path: Path = SPEC):
+def repeat_spec(i: int, spec_path: Path = SPEC, runs: Path = RUNS, model: str | None = None):
     from chain.spec import parse_spec
 
     raw = yaml.safe_load(spec_path.read_text())
     raw["seed"] = 100 + i
-    raw["output"] = str(RUNS / f"r{i}")
+    raw["output"] = str(runs / f"r{i}")
+    if model:
+        raw["model"] = model
     raw["stages"] = [st for st in raw["stages"] if st["name"] not in STUDY_SKIPS]
     for st in raw["stages"]:
         if st["type"] in ("ensemble", "soup"):
@@ -38,13 +40,13 @@ def repeat_spec(i: int, spec_path: Path = SPEC):
     return parse_spec(raw, spec_path.parent, source=str(spec_path))
 
 
-def train(repeats: int) -> int:
+def train(repeats: int, runs: Path = RUNS, model: str | None = None) -> int:
     from chain.executor import exit_code, run_chain
 
     code = 0
     for i in range(repeats):
         print(f"=== repeat {i} ===", flush=True)
-        res = run_chain(repeat_spec(i), log=lambda m: print(m, flush=True))
+        res = run_chain(repeat_spec(i, runs=runs, model=model), log=lambda m: print(m, flush=True))
         code = max(code, exit_code(res))
     return code
 
@@ -53,12 +55,19 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(prog="ensemble_study")
     ap.add_argument("what", choices=("train", "report"))
     ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--runs", type=Path, default=RUNS, help="where the repeats' chain outputs go")
+    ap.add_argument("--model", help="another source model (a smoke run on a tiny model); default: the spec's")
+    ap.add_argument("--results", type=Path, default=None,
+                    help="report: write <results>.md/.json here instead of docs/results/ and leave docs/ensembles.md")
     args = ap.parse_args(argv)
+    if args.repeats < 2:
+        print("error: --repeats must be at least 2 (paired intervals need 2 or more repeats)", file=sys.stderr)
+        return 2
     if args.what == "train":
-        return train(args.repeats)
+        return train(args.repeats, args.runs, args.model)
     from ensemble_report import report  # noqa: E402  (beside this file)
 
-    return report(args.repeats)
+    return report(args.repeats, args.runs, args.results)
 
 
 if __name__ == "__main__":
