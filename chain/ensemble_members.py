@@ -99,7 +99,7 @@ def train_members(parent: Artifact, cfg: MembersConfig, out_dir: Path, ctx: RunC
     root = members_root(out_dir)
     root.mkdir(parents=True, exist_ok=True)
     clean_stale(root)  # a member killed mid-training left a .tmp-* directory; never read
-    task = Task.from_dict(cfg.task) if isinstance(cfg.task, dict) else cfg.member_configs()[0].get_task()
+    task = cfg.get_task()
     start = _shared_start(parent, cfg, task, root, ctx)
     start_key = parent_key(start)
     out = []

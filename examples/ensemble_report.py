@@ -7,7 +7,6 @@ artifacts interleaved with bench's timing primitive, and writes
 """
 from __future__ import annotations
 
-import json
 import random
 import time
 from pathlib import Path
