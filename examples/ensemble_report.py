@@ -21,6 +21,10 @@ LATENCY_CALLS = 100
 DOC = REPO / "docs" / "ensembles.md"
 BEGIN, END = "<!-- ensemble-study:begin (written by examples/ensemble_report.py) -->", "<!-- ensemble-study:end -->"
 
+class StudyError(Exception):
+    """Bad input to the report (a repeat not trained): one line, exit 2."""
+
+
 # (key, label, chain stage or None, models run per input)
 ROWS = [
     ("mean_member", "single member (mean of 3)", None, "1"),
@@ -87,11 +91,11 @@ def one_repeat(i: int, test, dev, runs: Path = RUNS) -> dict:
 
     res = read_json(runs / f"r{i}" / "results.json")
     if not isinstance(res, dict):
-        raise SystemExit(f"error: {runs / f'r{i}' / 'results.json'} is missing; run `ensemble_study.py train` first")
+        raise StudyError(f"{runs / f'r{i}' / 'results.json'} is missing; run `ensemble_study.py train` first")
     rows = {r["name"]: r for r in res["stages"]}
     bad = {n: r["status"] for n, r in rows.items() if r["status"] not in ("ok", "cached")}
     if bad:
-        raise SystemExit(f"error: repeat {i} has stages that did not finish: {bad}; re-run `train`")
+        raise StudyError(f"repeat {i} has stages that did not finish: {bad}; re-run `train`")
     ens = Artifact.load(rows["ens"]["artifact"])
     members = ens.manifest["train"]["members"]
     y, ydev = np.asarray(test.labels), np.asarray(dev.labels)
@@ -184,6 +188,22 @@ def markdown(data: dict) -> str:
     lines += ["", "## Goals", "",
               f"- Best single-cost row vs the best single member (picked on dev): {g['single_cost']}",
               f"- Compressed student within 0.5 point of the uncompressed student: {g['compressed']}", "",
+              "## Notes", "",
+              "- Intervals: mean of the paired per-repeat differences ± t(0.975, n-1)·sd/sqrt(n); with n = 3, "
+              "t = 4.30, so only a difference that is large *and* consistent across repeats excludes 0. Eleven "
+              "comparisons are listed: read one that barely excludes 0 with that in mind.",
+              "- The best member is picked on dev (what a user can do); the oracle row picks it on test and is an "
+              "upper bound no deployed choice reaches.",
+              "- `student pruned + recovered` trains a second epoch (distilled from the student, same 1000 "
+              "sentences) after pruning: the compressed-student comparison mixes the compression loss with that "
+              "extra training, as `examples/compress_chain.yaml`'s recipe does.",
+              "- kNN: the memory holds 1000 training sentences (the budget a member saw) as 384-d float16 "
+              "vectors; its per-input cost is the latency difference to the greedy soup row (one (1, 384) x "
+              "(384, 1000) product and a top-k), its size the memory's MB. Test-time fine-tuning on neighbours was "
+              "not run.",
+              "- Latency: batch 1, 1 thread, %d real SST-2 test sentences, every row interleaved in one process "
+              "(bench.timing.time_interleaved), repeat 0's artifacts; the dev-weighted ensemble costs what the "
+              "uniform one does (same K members)." % data["latency_calls"], "",
               "## Details per repeat", ""]
     for r in reps:
         k = r["knn"]

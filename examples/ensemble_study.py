@@ -64,10 +64,16 @@ def main(argv=None) -> int:
         print("error: --repeats must be at least 2 (paired intervals need 2 or more repeats)", file=sys.stderr)
         return 2
     if args.what == "train":
-        return train(args.repeats, args.runs, args.model)
-    from ensemble_report import report  # noqa: E402  (beside this file)
+        from chain.cli import guarded
 
-    return report(args.repeats, args.runs, args.results)
+        return guarded(lambda: train(args.repeats, args.runs, args.model))
+    from ensemble_report import StudyError, report  # noqa: E402  (beside this file)
+
+    try:
+        return report(args.repeats, args.runs, args.results)
+    except StudyError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":
