@@ -33,7 +33,7 @@ from .faults import pause_point
 from .jsonio import write_json_atomic
 
 MANIFEST = "manifest.json"
-FORMATS = ("hf", "onnx", "torch-int8", "openvino")
+FORMATS = ("hf", "onnx", "torch-int8", "openvino", "ensemble", "knn")
 STALE_PREFIXES = (".tmp-", ".old-")
 
 

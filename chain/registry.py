@@ -21,7 +21,8 @@ import typing
 from .errors import ChainpressError, SpecError
 
 GROUP = "chainpress.plugins"
-CORE = ("chain.finetune", "chain.link", "chain.distill_heads")  # chain's own stage modules
+CORE = ("chain.finetune", "chain.link", "chain.distill_heads", "chain.ensemble", "chain.soup",
+        "chain.knn")  # chain's own stage modules
 
 _types: dict[str, type] = {}
 _loaded = False

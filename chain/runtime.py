@@ -109,3 +109,11 @@ def load_predictor(artifact: Artifact, threads: int, trust_remote_code: bool = F
 # chain's own runtime: PyTorch eager, for Hugging Face weights and every registered PyTorch format
 register_runtime("hf")(hf_predictor)
 register_runtime("torch-int8")(hf_predictor)
+
+# K members averaged (chain.ensemble) and a model with a kNN memory (chain.knn): chain's own formats
+from .ensemble_runtime import ensemble_model, ensemble_predictor  # noqa: E402
+from .knn import knn_predictor  # noqa: E402
+
+register_runtime("ensemble")(ensemble_predictor)
+register_model_format("ensemble")(ensemble_model)
+register_runtime("knn")(knn_predictor)
