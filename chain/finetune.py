@@ -212,6 +212,27 @@ def rehearsal_tasks(parent: Artifact, task: Task, cfg: FineTuneConfig) -> list[T
     return out
 
 
+def parent_fisher(parent: Artifact, cfg: FineTuneConfig, tok, ctx: RunContext) -> dict:
+    """EWC's diagonal Fisher of the parent on its own task (``cfg.ewc.samples`` seeded training
+    sentences), computed on a copy of the parent with its own head."""
+    import dataclasses
+
+    from transformers import DataCollatorWithPadding
+
+    from .regularize import fisher_diagonal
+
+    own = parent.manifest.get("task")
+    if not own:
+        raise SpecError("finetune.ewc needs a parent fine-tuned on a task (its Fisher is measured there); "
+                        "this parent's manifest names none")
+    ptask = Task.from_dict(own)
+    pmodel = load_model(parent, trust_remote_code=ctx.trust_remote_code)  # the parent's own head
+    freeze_(pmodel, cfg.freeze)  # the same trainable weights as the stage's
+    sample = dataclasses.replace(cfg, task=own, max_train_samples=cfg.ewc.samples, max_eval_samples=None)
+    train, _ = train_dev(ptask, sample)
+    return fisher_diagonal(pmodel, _Encoded(tok, train, cfg.max_length).rows, DataCollatorWithPadding(tok))
+
+
 @register_stage("finetune")
 @dataclass
 class FineTune(Stage):
@@ -249,10 +270,11 @@ class FineTune(Stage):
         if cfg.lora is not None:
             model = apply_lora(model, cfg.lora)
         anchor = None
-        if cfg.l2sp is not None:
+        if cfg.l2sp is not None or cfg.ewc is not None:
             from .regularize import Anchor
 
-            anchor = Anchor.of(model)  # the parent's encoder, before any step
+            fisher = parent_fisher(parent, cfg, tok, ctx) if cfg.ewc is not None else None
+            anchor = Anchor.of(model, fisher)  # the parent's encoder, before any step
         train, dev = train_dev(task, cfg)
         if cfg.shuffle_labels:
             train, dev = shuffled_labels(train, cfg.seed), shuffled_labels(dev, cfg.seed + 1)
@@ -290,7 +312,7 @@ class FineTune(Stage):
         if anchor is not None:
             from .regularize import l2sp_trainer_cls
 
-            trainer_cls = l2sp_trainer_cls(trainer_cls, anchor, cfg.l2sp)
+            trainer_cls = l2sp_trainer_cls(trainer_cls, anchor, cfg.l2sp or cfg.ewc)
         # model selection on this task's dev split (task id 0: the model's own head)
         trainer = trainer_cls(model=model, args=args, train_dataset=train_ds,
                               eval_dataset=_Encoded(tok, dev, cfg.max_length, 0 if tagged else None),
@@ -326,7 +348,9 @@ class FineTune(Stage):
                           "processes": int(args.world_size), "shuffled_labels": cfg.shuffle_labels,
                           "distilled_from": cfg.distill.teacher if cfg.distill else None,
                           "rehearsal_examples": replayed or None,
-                          "l2sp": None if anchor is None else {"weight": cfg.l2sp.weight,
+                          "l2sp": None if cfg.l2sp is None else {"weight": cfg.l2sp.weight,
+                                                                 "encoder_distance": anchor.distance()},
+                          "ewc": None if cfg.ewc is None else {"weight": cfg.ewc.weight, "samples": cfg.ewc.samples,
                                                                "encoder_distance": anchor.distance()}}}
 
 

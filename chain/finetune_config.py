@@ -106,6 +106,23 @@ class L2SPSettings:
 
 
 @dataclass
+class EWCSettings:
+    """``loss = L_task + weight * sum_i F_i (theta_i - theta_parent_i)^2`` (Kirkpatrick et al., EWC).
+
+    ``F`` is the diagonal empirical Fisher of the parent on its own task: the mean squared
+    per-example gradient of its loss over ``samples`` training sentences of that task."""
+    weight: float = 100.0
+    samples: int = 256
+
+    def __post_init__(self) -> None:
+        w = self.weight
+        if isinstance(w, bool) or not isinstance(w, (int, float)) or not math.isfinite(w) or w < 0:
+            raise SpecError(f"finetune.ewc.weight must be a finite number >= 0, got {w!r}")
+        if isinstance(self.samples, bool) or not isinstance(self.samples, int) or self.samples <= 0:
+            raise SpecError(f"finetune.ewc.samples must be a positive integer, got {self.samples!r}")
+
+
+@dataclass
 class FineTuneConfig:
     task: str | dict = "sst2"  # built-in task name or a Task as dict
     epochs: float = 3.0
@@ -127,6 +144,7 @@ class FineTuneConfig:
     # training data through their own heads, and/or pull the encoder toward the parent's.
     rehearsal: RehearsalSettings | None = None
     l2sp: L2SPSettings | None = None
+    ewc: EWCSettings | None = None
     # Head at the start: "auto" = the parent's head for this task if it carries one (or
     # its current head if it was trained on this task), else a fresh one; "new"; "keep".
     head: str = "auto"
@@ -175,8 +193,13 @@ class FineTuneConfig:
             self.l2sp = L2SPSettings(**self.l2sp)
         if self.rehearsal is not None and (self.lora is not None or self.distill is not None):
             raise SpecError("finetune.rehearsal cannot be combined with lora or distill yet; use one of them")
-        if self.l2sp is not None and self.lora is not None:
-            raise SpecError("finetune.l2sp: `lora` already keeps the base weights fixed; remove one of them")
+        if isinstance(self.ewc, dict):
+            self.ewc = EWCSettings(**self.ewc)
+        for name in ("l2sp", "ewc"):
+            if getattr(self, name) is not None and self.lora is not None:
+                raise SpecError(f"finetune.{name}: `lora` already keeps the base weights fixed; remove one of them")
+        if self.l2sp is not None and self.ewc is not None:
+            raise SpecError("finetune: `l2sp` and `ewc` both pull toward the parent; choose one")
         if self.lora is not None and self.freeze:
             raise SpecError("finetune: `lora` already freezes the base model; remove `freeze`")
 

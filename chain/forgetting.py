@@ -27,13 +27,13 @@ import sys
 from pathlib import Path
 
 from .errors import ChainpressError, SpecError
-from .finetune_config import FineTuneConfig, L2SPSettings, RehearsalSettings
+from .finetune_config import EWCSettings, FineTuneConfig, L2SPSettings, RehearsalSettings
 from .gates import GateConfig
 from .jsonio import read_json, write_json_atomic, write_text_atomic
 from .spec import ChainSpec
 from .typed import coerce
 
-OPTIONS = {"rehearsal": RehearsalSettings, "l2sp": L2SPSettings}
+OPTIONS = {"rehearsal": RehearsalSettings, "l2sp": L2SPSettings, "ewc": EWCSettings}
 
 
 def parse_method(text: str) -> tuple[str, dict]:
@@ -208,6 +208,7 @@ def run_study(spec: ChainSpec, stage: str, seeds: list[int], methods: list[str],
             if row is None or row.get("knobs") != knobs:
                 res = run_chain(variant(spec, stage, seed, options, **knobs), out, log=log)
                 row = {"method": name, "options": options, "seed": seed, "knobs": knobs, **run_row(res)}
+                path.parent.mkdir(parents=True, exist_ok=True)
                 write_json_atomic(path, row)
             runs.setdefault(name, []).append(row)
             last = row["stages"][-1]

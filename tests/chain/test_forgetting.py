@@ -104,11 +104,29 @@ def test_l2sp_weight_zero_is_plain_training_and_a_huge_weight_pins_the_encoder(t
     assert huge["accuracy_by_task"]["senti"] >= plain["accuracy_by_task"]["senti"]
 
 
+def test_ewc_weighs_the_pull_by_the_parents_fisher(tmp_path, tiny_bert_dir, easy_tasks):
+    from chain.regularize import Anchor
+
+    base = {"freeze": ["embeddings"]}
+    a, plain = _chain(tmp_path, tiny_bert_dir, easy_tasks, base, "plain")
+    _, ewc = _chain(tmp_path, tiny_bert_dir, easy_tasks, {**base, "ewc": {"weight": 1.0e9, "samples": 32}}, "ewc")
+    start = _encoder(a["artifact"])
+    moved, held = _distance(start, _encoder(plain["artifact"])), _distance(start, _encoder(ewc["artifact"]))
+    assert held < 0.5 * moved, (held, moved)
+    assert ewc["train"]["ewc"]["encoder_distance"] == pytest.approx(held, rel=1e-3)
+    # the penalty is the Fisher-weighted squared distance
+    p = torch.nn.Parameter(torch.tensor([1.0, 2.0]))
+    anchor = Anchor([(p, torch.zeros(2))], [torch.tensor([3.0, 0.5])])
+    assert anchor.penalty().item() == pytest.approx(3 * 1 + 0.5 * 4) and anchor.distance() == pytest.approx(5 ** 0.5)
+
+
 BAD = [({"rehearsal": {"fraction": 0}}, "rehearsal.fraction must be in (0, 1]"),
        ({"rehearsal": {"tasks": "all"}}, "rehearsal.tasks must be 'auto'"),
        ({"rehearsal": {"fraction": 0.1, "share": 2}}, "unknown field(s) ['share']"),
        ({"l2sp": {"weight": -1}}, "l2sp.weight must be a finite number >= 0"),
-       ({"l2sp": {"weight": 0.1}, "lora": {"r": 4}}, "lora` already keeps the base weights fixed")]
+       ({"l2sp": {"weight": 0.1}, "lora": {"r": 4}}, "lora` already keeps the base weights fixed"),
+       ({"ewc": {"samples": 0}}, "ewc.samples must be a positive integer"),
+       ({"ewc": {"weight": 1}, "l2sp": {"weight": 1}}, "choose one")]
 
 
 @pytest.mark.parametrize("config,message", BAD, ids=[m for _, m in BAD])
@@ -180,5 +198,5 @@ def test_forgetting_summary_and_goal_check():
     assert s["none"]["matrix"]["sst2"]["subj"]["mean"] == pytest.approx(0.55)
     assert parse_method("rehearsal:fraction=0.1+l2sp:weight=0.01")[1] == {
         "rehearsal": {"fraction": 0.1, "tasks": "auto"}, "l2sp": {"weight": 0.01}}
-    with pytest.raises(Exception, match="'ewc' is not 'none'"):
-        parse_method("ewc:weight=1")
+    with pytest.raises(Exception, match="'fisher' is not 'none'"):
+        parse_method("fisher:weight=1")
