@@ -91,19 +91,24 @@ def _number(v: str) -> bool:
 
 
 def variant(spec: ChainSpec, stage: str, seed: int, options: dict, overrides: dict | None = None,
-            eval_samples: int | None = None, dev: bool = False) -> ChainSpec:
+            eval_samples: int | None = None, dev: bool = False, until: str | None = None) -> ChainSpec:
     """``spec``'s fine-tune stages, with ``options``, ``seed`` and the config ``overrides`` (all
     methods alike) on ``stage`` and later; no gates (``dev``: a floor-0 gate on each, so the
-    dev split is measured too)."""
+    dev split is measured too); stages after ``until`` are dropped."""
     names = [s.name for s in spec.stages]
     if stage not in names:
         raise SpecError(f"--stage {stage!r}: no such stage; stages: {', '.join(names)}")
     start = names.index(stage)
+    if until is not None and until not in names:
+        raise SpecError(f"--until {until!r}: no such stage; stages: {', '.join(names)}")
+    stop = names.index(until) if until is not None else len(names) - 1
     stages = []
     for s in spec.stages:
         if not isinstance(s.config, FineTuneConfig):
             continue
         i = names.index(s.name)
+        if i > stop:
+            break
         cfg = dataclasses.replace(s.config, show_progress=False)
         if i >= start:
             cfg = dataclasses.replace(cfg, seed=seed, **{k: coerce(v, OPTIONS[k], f"--method {k}")
@@ -236,6 +241,7 @@ def main(argv=None, prog: str = "python -m chain.forgetting") -> int:
     p.add_argument("--eval-samples", type=positive_int, default=None,
                    help="first N sentences of each task's eval split (eval.max_samples)")
     p.add_argument("--dev", action="store_true", help="also measure every stage on the dev split")
+    p.add_argument("--until", default=None, help="last stage to run (a shorter chain)")
     p.add_argument("--report", type=Path, default=None, help="write REPORT.md and REPORT.json")
     add_common(p, output=True, output_help="run directory (default: the spec's output)")
     a = p.parse_args(argv)
@@ -247,7 +253,8 @@ def main(argv=None, prog: str = "python -m chain.forgetting") -> int:
         parse_overrides(a.set)
         spec = load_spec(a.spec)
         out = Path(a.output or spec.output or "runs/forgetting")
-        knobs = {"overrides": parse_overrides(a.set), "eval_samples": a.eval_samples, "dev": a.dev}
+        knobs = {"overrides": parse_overrides(a.set), "eval_samples": a.eval_samples, "dev": a.dev,
+                 **({"until": a.until} if a.until else {})}
         runs = run_study(spec, a.stage, a.seeds, a.method, out, log=(lambda m: None) if a.quiet else print, **knobs)
         summary = summarize(runs, spec.eval.split)
         if a.dev:

@@ -136,7 +136,7 @@ def test_bad_forgetting_options_exit_2_in_one_line(tmp_path, tiny_bert_dir, easy
     p = subprocess.run([sys.executable, "-m", "chain", "validate", str(spec)], capture_output=True, text=True)
     assert p.returncode == 2, p.stderr
     lines = p.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error: stages[1] (b).config.") and message in lines[0], lines
+    assert len(lines) == 1 and lines[0].startswith("error: stages[1] (b).config") and message in lines[0], lines
 
 
 def test_spec_keys_parse_into_typed_settings(tmp_path, tiny_bert_dir, easy_tasks):
