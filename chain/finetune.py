@@ -25,20 +25,29 @@ from typing import ClassVar
 
 from .artifact import Artifact
 from .errors import SpecError, TrainingError
-from .heads import copy_heads, load_head, reinit_head_, save_head, set_head_, set_labels_
+from .heads import (copy_heads, head_labels, head_tasks, load_head, reinit_head_, save_head, save_head_state,
+                    set_head_, set_labels_)
 from .model import load_model, load_tokenizer
 from .registry import register_stage
 from .stage import RunContext, Stage
 # the config and the data it trains on live in finetune_config; importable from here too
 from .finetune_config import DistillSettings, FineTuneConfig, LoraSettings, shuffled_labels, train_dev  # noqa: F401
-from .task import Split, Task
+from .finetune_config import rehearsal_split
+from .task import Split, Task, builtin_task
 
 class _Encoded:
     """A list-backed dataset of tokenized examples (no padding: the collator pads)."""
 
-    def __init__(self, tokenizer, split: Split, max_length: int):
+    def __init__(self, tokenizer, split: Split, max_length: int, task_id: int | None = None):
         enc = tokenizer(split.texts, truncation=True, max_length=max_length)
-        self.rows = [{**{k: v[i] for k, v in enc.items()}, "labels": split.labels[i]} for i in range(len(split))]
+        tag = {} if task_id is None else {"task_ids": task_id}  # which head scores it (chain.multihead)
+        self.rows = [{**{k: v[i] for k, v in enc.items()}, "labels": split.labels[i], **tag}
+                     for i in range(len(split))]
+
+    def __add__(self, other: "_Encoded") -> "_Encoded":
+        both = _Encoded.__new__(_Encoded)
+        both.rows = self.rows + other.rows
+        return both
 
     def __len__(self):
         return len(self.rows)
@@ -172,6 +181,58 @@ def apply_lora(model, lora: LoraSettings):
         raise SpecError(f"finetune.lora: {e}") from None
 
 
+def carried_tasks(parent: Artifact) -> dict[str, dict]:
+    """{task: Task dict} of the tasks the parent carries a head for, as far as its manifest knows."""
+    defs = dict(parent.manifest.get("head_tasks") or {})
+    own = parent.manifest.get("task")
+    if own:
+        defs.setdefault(own["name"], own)
+    return defs
+
+
+def rehearsal_tasks(parent: Artifact, task: Task, cfg: FineTuneConfig) -> list[Task]:
+    """The earlier tasks this stage replays: every head the parent carries (``auto``) or the named ones."""
+    heads = [t for t in head_tasks(parent.path) if t != task.name]
+    names = heads if cfg.rehearsal.tasks == "auto" else cfg.rehearsal.tasks
+    missing = [t for t in names if t not in heads]
+    if missing:
+        raise SpecError(f"finetune.rehearsal.tasks: the parent carries no head for {missing} (it has "
+                        f"{heads or 'none besides this task'}); rehearsal trains the heads it carries")
+    defs = carried_tasks(parent)
+    out = []
+    for name in names:
+        if name in defs:
+            out.append(Task.from_dict(defs[name]))
+            continue
+        try:
+            out.append(builtin_task(name))
+        except SpecError:
+            raise SpecError(f"finetune.rehearsal: the parent has a head for {name!r} but no record of its data; "
+                            "name the tasks to replay in rehearsal.tasks") from None
+    return out
+
+
+def parent_fisher(parent: Artifact, cfg: FineTuneConfig, tok, ctx: RunContext) -> dict:
+    """EWC's diagonal Fisher of the parent on its own task (``cfg.ewc.samples`` seeded training
+    sentences), computed on a copy of the parent with its own head."""
+    import dataclasses
+
+    from transformers import DataCollatorWithPadding
+
+    from .regularize import fisher_diagonal
+
+    own = parent.manifest.get("task")
+    if not own:
+        raise SpecError("finetune.ewc needs a parent fine-tuned on a task (its Fisher is measured there); "
+                        "this parent's manifest names none")
+    ptask = Task.from_dict(own)
+    pmodel = load_model(parent, trust_remote_code=ctx.trust_remote_code)  # the parent's own head
+    freeze_(pmodel, cfg.freeze)  # the same trainable weights as the stage's
+    sample = dataclasses.replace(cfg, task=own, max_train_samples=cfg.ewc.samples, max_eval_samples=None)
+    train, _ = train_dev(ptask, sample)
+    return fisher_diagonal(pmodel, _Encoded(tok, train, cfg.max_length).rows, DataCollatorWithPadding(tok))
+
+
 @register_stage("finetune")
 @dataclass
 class FineTune(Stage):
@@ -208,10 +269,28 @@ class FineTune(Stage):
         frozen = freeze_(model, cfg.freeze)
         if cfg.lora is not None:
             model = apply_lora(model, cfg.lora)
-        trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+        anchor = None
+        if cfg.l2sp is not None or cfg.ewc is not None:
+            from .regularize import Anchor
+
+            fisher = parent_fisher(parent, cfg, tok, ctx) if cfg.ewc is not None else None
+            anchor = Anchor.of(model, fisher)  # the parent's encoder, before any step
         train, dev = train_dev(task, cfg)
         if cfg.shuffle_labels:
             train, dev = shuffled_labels(train, cfg.seed), shuffled_labels(dev, cfg.seed + 1)
+        tagged = cfg.rehearsal is not None
+        train_ds = _Encoded(tok, train, cfg.max_length, 0 if tagged else None)
+        replayed: dict[str, int] = {}
+        earlier = rehearsal_tasks(parent, task, cfg) if tagged else []
+        if tagged:
+            from .multihead import MultiHead
+
+            model = MultiHead(model, task.name, {t.name: load_head(parent.path, t.name) for t in earlier})
+            for t in earlier:
+                split = rehearsal_split(t, cfg)
+                train_ds = train_ds + _Encoded(tok, split, cfg.max_length, model.task_id(t.name))
+                replayed[t.name] = len(split)
+        trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
         scratch = out_dir / "_trainer"
         kw = dict(
             output_dir=str(scratch), num_train_epochs=cfg.epochs, learning_rate=cfg.learning_rate,
@@ -223,13 +302,20 @@ class FineTune(Stage):
             disable_tqdm=True, dataloader_num_workers=0, use_cpu=not _cuda())
         if _distributed():  # frozen parameters are simply outside DDP's buckets
             kw.update(ddp_find_unused_parameters=False, **({} if _cuda() else {"ddp_backend": "gloo"}))
+        if tagged:  # MultiHead reads task_ids; its state_dict is what checkpoints hold
+            kw.update(remove_unused_columns=False, label_names=["labels"])
         args = TrainingArguments(**{**kw, **cfg.extra_args})  # extra_args override the defaults
         trainer_cls = _guarded_trainer_cls()
         if cfg.distill is not None:
             trainer_cls = _distill_trainer_cls(trainer_cls, load_teacher(cfg.distill, task, ctx.trust_remote_code),
                                                cfg.distill)
-        trainer = trainer_cls(model=model, args=args, train_dataset=_Encoded(tok, train, cfg.max_length),
-                              eval_dataset=_Encoded(tok, dev, cfg.max_length),
+        if anchor is not None:
+            from .regularize import l2sp_trainer_cls
+
+            trainer_cls = l2sp_trainer_cls(trainer_cls, anchor, cfg.l2sp or cfg.ewc)
+        # model selection on this task's dev split (task id 0: the model's own head)
+        trainer = trainer_cls(model=model, args=args, train_dataset=train_ds,
+                              eval_dataset=_Encoded(tok, dev, cfg.max_length, 0 if tagged else None),
                               data_collator=DataCollatorWithPadding(tok), compute_metrics=_accuracy)
         _progress_callbacks(trainer, bar=cfg.show_progress and not ctx.quiet, raw_logs=ctx.verbose)
         out = trainer.train()
@@ -237,6 +323,9 @@ class FineTune(Stage):
             raise TrainingError(f"training loss is {out.training_loss}; lower the learning rate")
         dev_metrics = trainer.evaluate()
         final = trainer.model
+        heads = {}
+        if tagged:  # back to a plain HF model with this task's head; the others are head files
+            heads, final = final.head_states(), final.model
         if cfg.lora is not None:
             final = final.merge_and_unload()  # plain weights: compression stages see a normal model
         names = task.label_names()  # id2label in config.json: pipeline() and ORTModel answer with names
@@ -247,14 +336,22 @@ class FineTune(Stage):
             tok.save_pretrained(out_dir)
             copy_heads(parent.path, out_dir, skip=task.name)
             save_head(final, out_dir, task.name, labels=names)
+            for t in earlier:  # the replayed tasks' heads, updated by this stage
+                save_head_state(heads[t.name], out_dir, t.name, labels=head_labels(parent.path, t.name))
             shutil.rmtree(scratch, ignore_errors=True)
+        carried = {**carried_tasks(parent), **{t.name: t.to_dict() for t in earlier}, task.name: task.to_dict()}
         return {"format": "hf", "num_labels": task.num_labels, "labels": list(final.config.id2label.values()),
-                "task": task.to_dict(), "task_fingerprint": task.fingerprint(),
+                "task": task.to_dict(), "task_fingerprint": task.fingerprint(), "head_tasks": carried,
                 "train": {"loss": out.training_loss, "steps": out.global_step, "examples": len(train),
                           "dev_accuracy": dev_metrics.get("eval_accuracy"), "dev_examples": len(dev),
                           "frozen_params": frozen, "trainable_params": trainable, "head": head,
                           "processes": int(args.world_size), "shuffled_labels": cfg.shuffle_labels,
-                          "distilled_from": cfg.distill.teacher if cfg.distill else None}}
+                          "distilled_from": cfg.distill.teacher if cfg.distill else None,
+                          "rehearsal_examples": replayed or None,
+                          "l2sp": None if cfg.l2sp is None else {"weight": cfg.l2sp.weight,
+                                                                 "encoder_distance": anchor.distance()},
+                          "ewc": None if cfg.ewc is None else {"weight": cfg.ewc.weight, "samples": cfg.ewc.samples,
+                                                               "encoder_distance": anchor.distance()}}}
 
 
 def _progress_callbacks(trainer, bar: bool, raw_logs: bool) -> None:

@@ -65,6 +65,64 @@ class DistillSettings:
 
 
 @dataclass
+class RehearsalSettings:
+    """Replay a seeded ``fraction`` of every earlier task's train split in this stage.
+
+    "Earlier tasks" are those whose heads the parent carries (``tasks: auto``) or the named
+    ones; each replayed example is scored by its own task's head (``chain.multihead``), and
+    every head it trains is saved back into the artifact. The stage's ``exclude`` list
+    (decontamination) applies to the replayed splits too.
+    """
+    fraction: float = 0.1
+    tasks: str | list[str] = "auto"
+
+    def __post_init__(self) -> None:
+        f = self.fraction
+        if isinstance(f, bool) or not isinstance(f, (int, float)) or not math.isfinite(f) or not 0 < f <= 1:
+            raise SpecError(f"finetune.rehearsal.fraction must be in (0, 1], got {f!r}")
+        if isinstance(self.tasks, str):
+            if self.tasks != "auto":
+                raise SpecError(f"finetune.rehearsal.tasks must be 'auto' or a list of task names, got {self.tasks!r}")
+        elif not self.tasks or not all(isinstance(t, str) and t for t in self.tasks):
+            raise SpecError(f"finetune.rehearsal.tasks must be 'auto' or a non-empty list of task names, "
+                            f"got {self.tasks!r}")
+        else:
+            self.tasks = list(self.tasks)
+
+
+@dataclass
+class L2SPSettings:
+    """``loss = L_task + weight * ||theta - theta_parent||^2`` over the encoder (Li et al., L2-SP).
+
+    The sum runs over every trainable encoder parameter (frozen ones cannot move), so
+    ``weight`` is per squared unit of total drift, not per parameter.
+    """
+    weight: float = 0.01
+
+    def __post_init__(self) -> None:
+        w = self.weight
+        if isinstance(w, bool) or not isinstance(w, (int, float)) or not math.isfinite(w) or w < 0:
+            raise SpecError(f"finetune.l2sp.weight must be a finite number >= 0, got {w!r}")
+
+
+@dataclass
+class EWCSettings:
+    """``loss = L_task + weight * sum_i F_i (theta_i - theta_parent_i)^2`` (Kirkpatrick et al., EWC).
+
+    ``F`` is the diagonal empirical Fisher of the parent on its own task: the mean squared
+    per-example gradient of its loss over ``samples`` training sentences of that task."""
+    weight: float = 100.0
+    samples: int = 256
+
+    def __post_init__(self) -> None:
+        w = self.weight
+        if isinstance(w, bool) or not isinstance(w, (int, float)) or not math.isfinite(w) or w < 0:
+            raise SpecError(f"finetune.ewc.weight must be a finite number >= 0, got {w!r}")
+        if isinstance(self.samples, bool) or not isinstance(self.samples, int) or self.samples <= 0:
+            raise SpecError(f"finetune.ewc.samples must be a positive integer, got {self.samples!r}")
+
+
+@dataclass
 class FineTuneConfig:
     task: str | dict = "sst2"  # built-in task name or a Task as dict
     epochs: float = 3.0
@@ -82,6 +140,11 @@ class FineTuneConfig:
     freeze: list[str] = field(default_factory=list)
     lora: LoraSettings | None = None
     distill: DistillSettings | None = None  # soft targets from a teacher (recovery after pruning)
+    # Forgetting control (chain/multihead.py, chain/regularize.py): replay earlier tasks'
+    # training data through their own heads, and/or pull the encoder toward the parent's.
+    rehearsal: RehearsalSettings | None = None
+    l2sp: L2SPSettings | None = None
+    ewc: EWCSettings | None = None
     # Head at the start: "auto" = the parent's head for this task if it carries one (or
     # its current head if it was trained on this task), else a fresh one; "new"; "keep".
     head: str = "auto"
@@ -124,6 +187,19 @@ class FineTuneConfig:
             self.lora = LoraSettings(**self.lora)
         if isinstance(self.distill, dict):
             self.distill = DistillSettings(**self.distill)
+        if isinstance(self.rehearsal, dict):
+            self.rehearsal = RehearsalSettings(**self.rehearsal)
+        if isinstance(self.l2sp, dict):
+            self.l2sp = L2SPSettings(**self.l2sp)
+        if self.rehearsal is not None and (self.lora is not None or self.distill is not None):
+            raise SpecError("finetune.rehearsal cannot be combined with lora or distill yet; use one of them")
+        if isinstance(self.ewc, dict):
+            self.ewc = EWCSettings(**self.ewc)
+        for name in ("l2sp", "ewc"):
+            if getattr(self, name) is not None and self.lora is not None:
+                raise SpecError(f"finetune.{name}: `lora` already keeps the base weights fixed; remove one of them")
+        if self.l2sp is not None and self.ewc is not None:
+            raise SpecError("finetune: `l2sp` and `ewc` both pull toward the parent; choose one")
         if self.lora is not None and self.freeze:
             raise SpecError("finetune: `lora` already freezes the base model; remove `freeze`")
 
@@ -181,6 +257,17 @@ def train_dev(task: Task, cfg: FineTuneConfig) -> tuple[Split, Split]:
     if cfg.max_eval_samples:
         dev = dev.head(cfg.max_eval_samples)
     return train, dev
+
+
+def rehearsal_split(task: Task, cfg: FineTuneConfig) -> Split:
+    """The seeded ``rehearsal.fraction`` of ``task``'s training set (decontaminated by the
+    stage's ``exclude``; a task without a dev split keeps its dev holdout out of it)."""
+    import dataclasses
+
+    plain = dataclasses.replace(cfg, task=task.to_dict(), max_train_samples=None, max_eval_samples=None)
+    train, _ = train_dev(task, plain)
+    n = max(1, round(cfg.rehearsal.fraction * len(train)))
+    return _subsample(train, n, cfg.seed)
 
 
 def shuffled_labels(split: Split, seed: int) -> Split:

@@ -46,12 +46,17 @@ def head_path(artifact_dir: Path, task: str) -> Path:
 
 def save_head(model, artifact_dir: Path, task: str, labels: list[str] | None = None) -> Path:
     """Write the head of ``model`` for ``task``; ``labels`` (class names in id order) travel with it."""
+    return save_head_state(head_state(model), artifact_dir, task, labels)
+
+
+def save_head_state(state: dict, artifact_dir: Path, task: str, labels: list[str] | None = None) -> Path:
+    """Write a head given as its tensors (e.g. ``MultiHead.head_states()[task]``), as ``save_head``."""
     from safetensors.torch import save_file
 
     path = head_path(artifact_dir, task)
     path.parent.mkdir(parents=True, exist_ok=True)
     meta = {"task": task, **({"labels": json.dumps(list(labels))} if labels is not None else {})}
-    save_file(head_state(model), str(path), metadata=meta)
+    save_file({k: v.detach().cpu().contiguous() for k, v in state.items()}, str(path), metadata=meta)
     return path
 
 
