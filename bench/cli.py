@@ -21,6 +21,7 @@ COMMANDS = {
     "types": ("chain.__main__:main", True, "stage types a spec can name, with config fields and defaults"),
     "finetune": ("chain.__main__:main", True, "one fine-tune stage (torchrun / accelerate launch)"),
     "seeds": ("chain.seeds:main", False, "chain vs direct fine-tuning over several seeds"),
+    "forgetting": ("chain.forgetting:main", False, "forgetting matrix of each forgetting-control method over seeds"),
     "sensitivity": ("compress.sensitivity_report:main", False, "per-layer int8/int4 accuracy cost of a model"),
     "multitask-report": ("compress.multitask_report:main", False,
                          "a multi-task chain: every task's accuracy and the shared encoder pass's cost"),
