@@ -81,8 +81,8 @@ def run_bench(cfg: BenchConfig, log=print, force: str | None = None, verbose: bo
             for i, row in enumerate(rows):  # one key set for every row, timed or not
                 rows[i] = StageRecord.from_dict({**row, **speed.get(row["name"], {})}).to_dict()
         add_relative(rows, ref)
-        add_selection_accuracy(rows, run)
-        results["best"] = best_per_workload(rows, ref, budget, run.gate_evaluator.cfg.split)
+        split = add_selection_accuracy(rows, run)
+        results["best"] = best_per_workload(rows, ref, budget, split)
         if timed:
             results["compute"] = compute_of_pick(results["best"], rows, texts, measure, spec.trust_remote_code, log)
         results["total_wall_time_s"] = round(time.perf_counter() - t0, 1)
@@ -120,10 +120,19 @@ def compute_of_pick(best: dict, rows: list[dict], texts: list[str], measure: Mea
         return {"row": pick, "error": f"{type(e).__name__}: {e}"}
 
 
-def add_selection_accuracy(rows: list[dict], run) -> None:
+def add_selection_accuracy(rows: list[dict], run) -> str:
     """Each kept row's accuracy on the gates' split (dev), what the best-per-workload pick
     budgets on: choosing on test would make its accuracy a selected, optimistic figure.
-    Cached in the manifests like every evaluation."""
+    Cached in the manifests like every evaluation. A task with no dev split (a fine-tuned
+    model given with its test file only) is budgeted on the eval split, and the split
+    returned says so."""
+    split = run.gate_evaluator.cfg.split
+    tasks = {r["task"] for r in rows if r.get("task")}
+    if not all(run.spec.tasks[t].has_split(split) for t in tasks if t in run.spec.tasks):
+        split = f"{run.evaluator.cfg.split} (the task has no {split} split)"
+        for row in rows:
+            row["selection_accuracy"] = row.get("accuracy")
+        return split
     for row in rows:
         if not (Status(row["status"]).kept and row.get("artifact") and row.get("task")):
             continue
@@ -133,6 +142,7 @@ def add_selection_accuracy(rows: list[dict], run) -> None:
             res = run.gate_evaluator.accuracy(Artifact.load(row["artifact"]), [task])[task]
             got = res["accuracy"]
         row["selection_accuracy"] = got
+    return split
 
 
 def add_relative(rows: list[dict], reference: str) -> None:
