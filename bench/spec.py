@@ -164,14 +164,18 @@ def drop_unsupported(spec: ChainSpec) -> tuple[ChainSpec, list[tuple[str, str, s
     refusal is an error before anything trains, so the user decides what to drop."""
     import dataclasses
 
-    from chain.arch import check_stage
+    from chain.arch import arch_for, check_stage
     from chain.artifact import Artifact
     from chain.model import read_config
 
     source = Artifact.load(spec.model_path())
     if source.format != "hf":
         return spec, []
-    model_cfg = read_config(source.path)
+    try:
+        model_cfg = read_config(source.path)
+        arch_for(model_cfg)
+    except ChainpressError:  # no config, or an architecture not declared: check_inputs says what to do
+        return spec, []
     kept, skipped, dropped, prev = [], [], {}, "source"
     for st in spec.stages:
         parent = st.parent or prev
@@ -187,6 +191,8 @@ def drop_unsupported(spec: ChainSpec) -> tuple[ChainSpec, list[tuple[str, str, s
             skipped.append((st.name, st.type, parent, dropped[st.name]))
         else:
             kept.append(dataclasses.replace(st, parent=parent))
+    if not kept or not any(s.stage_cls.trains_on_task or s.type == "use_model" for s in kept):
+        return spec, []  # nothing left to be the reference: the whole-spec check explains why
     return (dataclasses.replace(spec, stages=kept) if skipped else spec), skipped
 
 
