@@ -22,6 +22,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from chain.artifact import Artifact
 from chain.errors import SpecError
 from chain.executor import chain_session
 from chain.spec import parse_spec
@@ -112,8 +113,6 @@ def run_search(cfg: BenchConfig, search: SearchConfig, log=print) -> tuple[objec
             for name in (ref, recovered):
                 r = rows.get(name)
                 if r and r.get("artifact"):
-                    from chain.artifact import Artifact
-
                     task = r["task"]
                     acc[name] = run.gate_evaluator.accuracy(Artifact.load(r["artifact"]), [task])[task]["accuracy"]
         if ref not in acc or recovered not in acc:
