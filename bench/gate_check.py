@@ -36,6 +36,11 @@ from chain.jsonio import write_json_atomic
 
 REFERENCE = "fp32"
 CHAIN = ("int8", "onnx", "onnx-int8")
+# the other runtimes bench times (the isolation check's, not the gate check's): OpenVINO of the
+# fp32 ONNX and the reference under torch bf16 autocast
+RUNTIME_STAGES = ({"name": "openvino", "type": "export_openvino", "parent": "onnx"},
+                  {"name": "torch-bf16", "type": "peer_torch_bf16", "parent": "source"})
+EXTRA = tuple(s["name"] for s in RUNTIME_STAGES)
 
 
 @dataclass
@@ -57,9 +62,10 @@ class GateCheckConfig:
             raise ValueError(f"need runs >= 1, baseline_runs >= 1, slowdown > 1 and slow_stage in {CHAIN}: {self}")
 
 
-def build(cfg: GateCheckConfig, log=print) -> list[Path]:
+def build(cfg: GateCheckConfig, log=print, extra: bool = False) -> list[Path]:
     """The reference (model + seeded 2-label head) and the chain's stages, built once and reused
-    (through the chain executor: a second call finds every stage cached)."""
+    (through the chain executor: a second call finds every stage cached); ``extra`` adds
+    ``RUNTIME_STAGES``, so every runtime bench times has an artifact."""
     import torch
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
@@ -85,12 +91,18 @@ def build(cfg: GateCheckConfig, log=print) -> list[Path]:
                        "eval": {"max_samples": cfg.eval_examples, "threads": cfg.measure.threads},
                        "stages": [{"name": "int8", "type": "quantize_int8", "parent": "source"},
                                   {"name": "onnx", "type": "export_onnx", "parent": "source"},
-                                  {"name": "onnx-int8", "type": "quantize_onnx_int8", "parent": "onnx"}]})
+                                  {"name": "onnx-int8", "type": "quantize_onnx_int8", "parent": "onnx"},
+                                  *(RUNTIME_STAGES if extra else ())]})
     results = run_chain(spec, cfg.work / "chain", log=lambda msg: None)
+    built = []
     for r in results["stages"]:
-        if r["status"] not in ("ok", "cached"):
+        if r["status"] == "skipped" and r["name"] in EXTRA:  # e.g. no native bf16 on this CPU
+            log(f"{r['name']} skipped: {r['reason']}")
+        elif r["status"] not in ("ok", "cached"):
             raise RuntimeError(f"gate check: stage {r['name']} {r['status']}: {r['reason']}")
-    return [ref_dir] + [Path(r["artifact"]) for r in results["stages"]]
+        else:
+            built.append(Path(r["artifact"]))
+    return [ref_dir] + built
 
 
 def slowed(pred, factor: float):

@@ -3,8 +3,8 @@
 bench times every stage interleaved, either one worker process per model (``process``, the
 default) or all models in one process (``inprocess``). Either is only honest if it gives
 the figures a user gets running that model alone. This check times the gate check's
-artifacts, one per runtime bench times (PyTorch fp32, PyTorch dynamic int8, ONNX Runtime
-fp32 and int8), together in one fresh bench process per ``--mode``, and each alone in a
+artifacts plus two, one per runtime bench times (PyTorch fp32, PyTorch dynamic int8, ONNX
+Runtime fp32 and int8, OpenVINO of the fp32 ONNX, PyTorch bf16 autocast), together in one fresh bench process per ``--mode``, and each alone in a
 fresh process of its own with nothing else loaded, ``--repeats`` times in rotating order,
 and reports together/alone for batch-1 p50 latency and batch-32 throughput.
 Pass: every median ratio within ±10%.
@@ -25,11 +25,12 @@ from pathlib import Path
 
 from chain.cli import add_common, guarded, positive_int, quiet_libraries
 
-from .gate_check import CHAIN, REFERENCE, GateCheckConfig, build
+from .gate_check import CHAIN, EXTRA, REFERENCE, GateCheckConfig, build
 from .harness import ISOLATION, MeasureConfig
 from .report import emit_markdown
 
-MODELS = (REFERENCE, *CHAIN)  # fp32 (PyTorch), int8 (torch-int8), onnx, onnx-int8 (ONNX Runtime)
+# fp32 (PyTorch), int8 (torch-int8), onnx, onnx-int8 (ONNX Runtime), openvino, torch-bf16
+MODELS = (REFERENCE, *CHAIN, *EXTRA)
 METRICS = {"p50_ms": "latency p50", "samples_per_s": "throughput"}
 TOLERANCE = 0.10
 
@@ -67,7 +68,13 @@ def run_isolation_check(cfg: GateCheckConfig, repeats: int = 5, log=print, modes
     modes = modes or (cfg.measure.isolation,)
     if repeats < 1 or not modes or any(m not in ISOLATION for m in modes) or not set(models) <= set(MODELS):
         raise ValueError(f"need repeats >= 1, modes among {ISOLATION}, models among {MODELS}")
-    dirs = build(cfg, log)
+    dirs = build(cfg, log, extra=bool(set(models) & set(EXTRA)))
+    from chain.artifact import Artifact
+
+    have = {Artifact.load(d).name for d in dirs}
+    if missing := [n for n in models if n not in have]:
+        log(f"not timed (their stage was skipped on this machine): {', '.join(missing)}")
+        models = tuple(n for n in models if n in have)
     cfg_path = cfg.work / "isolation_config.json"
     cfg_path.write_text(json.dumps({"dirs": [str(d) for d in dirs], "measure": asdict(cfg.measure)}))
     out_dir = cfg.work / "isolation"

@@ -46,3 +46,19 @@ def test_rejects_unknown_modes_and_models(tmp_path):
         run_isolation_check(GateCheckConfig(work=tmp_path), modes=("thread",))
     with pytest.raises(ValueError, match="models among"):
         run_isolation_check(GateCheckConfig(work=tmp_path), models=("fp16",))
+
+
+def test_isolation_check_covers_openvino_and_torch_bf16(tiny_bert_dir, tmp_path):
+    """Every runtime bench times has a model here: OpenVINO of the ONNX and torch bf16 autocast too."""
+    from bench.isolation_check import MODELS
+
+    assert {"fp32", "int8", "onnx", "onnx-int8", "openvino", "torch-bf16"} <= set(MODELS)
+    cfg = GateCheckConfig(work=tmp_path, model=str(tiny_bert_dir), eval_examples=16,
+                          measure=MeasureConfig(threads=1, latency_calls=8, throughput_batches=1,
+                                                throughput_rounds=2, warmup=2))
+    s = run_isolation_check(cfg, repeats=1, log=lambda *_: None, modes=("process",),
+                            models=("onnx", "openvino", "torch-bf16"))
+    assert "openvino" in s["models"]  # OpenVINO is installed with chainpress: it must be timed
+    for n in s["models"]:
+        assert s["ratios"]["process"][n]["p50_ms"][0] > 0
+        assert s["runs"][0][f"alone:{n}"][n]["timing"]["mode"] == "inprocess"
