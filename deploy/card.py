@@ -68,8 +68,10 @@ def bench_row(art: Artifact) -> dict | None:
 def render(name: str, meta: dict) -> str:
     """README.md with Hugging Face front matter, so hubs and humans read the same file."""
     labels = meta["labels"]
-    lines = ["---", "pipeline_tag: text-classification", "library_name: onnx",
-             "tags: [chainpress, onnx, text-classification]", "---", "", f"# {name}", "",
+    ov = meta["model"].endswith(".xml")
+    lib = "openvino" if ov else "onnx"
+    lines = ["---", "pipeline_tag: text-classification", f"library_name: {lib}",
+             f"tags: [chainpress, {lib}, text-classification]", "---", "", f"# {name}", "",
              f"A {meta['num_labels']}-class text classifier exported by chainpress "
              f"(`{meta['target']}` target). Labels: " + ", ".join(f"{i} = {n}" for i, n in enumerate(labels)) + ".",
              f"Inputs: {', '.join(meta['inputs'])} (int64, batch x tokens, at most {meta['max_length']} tokens); "
@@ -95,9 +97,9 @@ def render(name: str, meta: dict) -> str:
                  f"texts) are in bundle.json; `python -m deploy serve` compares live traffic with them."
                  if ref else f"None stored ({meta.get('reference_note', 'no labelled split')}): drift is not monitored.")
     lines += ["", "## Load it", "", "```python",
-              "from optimum.onnxruntime import ORTModelForSequenceClassification",
+              f"from optimum.{'intel' if ov else 'onnxruntime'} import {'OV' if ov else 'ORT'}ModelForSequenceClassification",
               "from transformers import AutoTokenizer, pipeline",
-              "model = ORTModelForSequenceClassification.from_pretrained(BUNDLE_DIR)",
+              f"model = {'OV' if ov else 'ORT'}ModelForSequenceClassification.from_pretrained(BUNDLE_DIR)",
               "clf = pipeline('text-classification', model=model, tokenizer=AutoTokenizer.from_pretrained(BUNDLE_DIR))",
               "clf('a gripping, funny film')", "```", "",
               "Check the files: `sha256sum -c checksums.sha256`. Serve it: `python -m deploy serve BUNDLE_DIR`.", ""]

@@ -45,11 +45,12 @@ def export_main(argv: list[str] | None = None) -> int:
     p = _Parser(prog="chainpress export", description="Export an artifact so it runs without chainpress.")
     p.add_argument("artifact", help="a chainpress artifact directory (hf or onnx format)")
     p.add_argument("out", help="directory to write (replaced if it is an earlier export)")
-    p.add_argument("--target", choices=("bundle", "portable", "triton"), default="bundle")
+    p.add_argument("--target", choices=("bundle", "portable", "triton", "openvino"), default="bundle")
     p.add_argument("--labels", help="comma-separated class names (default: config.json's, else the task's)")
     p.add_argument("--max-length", type=positive_int, default=128, help="tokens per text (default: 128)")
-    p.add_argument("--precision", choices=("auto", "fp32", "int8"), default="auto",
-                   help="portable: int8 (standard MatMulInteger) or fp32; auto = int8 if the artifact is")
+    p.add_argument("--precision", choices=("auto", "fp32", "int8", "bf16"), default="auto",
+                   help="portable: int8 (standard MatMulInteger) or fp32, auto = int8 if the artifact is; "
+                        "openvino: the inference hint fp32 or bf16, auto = the artifact's")
     p.add_argument("--ort", action="store_true", help="portable: also write model.ort (ORT mobile)")
     p.add_argument("--name", help="triton: model name (default: the output directory's name)")
     p.add_argument("--max-batch-size", type=positive_int, default=32, help="triton: max_batch_size")
@@ -119,6 +120,9 @@ def predict_main(argv: list[str] | None = None) -> int:
     p.add_argument("--batch-size", type=positive_int, default=32)
     p.add_argument("--no-bucketing", action="store_true", help="batch in file order (no length sorting)")
     p.add_argument("--max-rows", type=positive_int, help="only the first N rows")
+    p.add_argument("--ray", metavar="ADDRESS", help="run the model calls on Ray Data: 'local' (a Ray started "
+                   "here), 'auto' (this node's cluster) or ray://host:10001; needs pip install 'chainpress[ray]'")
+    p.add_argument("--ray-workers", type=positive_int, default=1, help="--ray: model actors (one model each)")
     add_common(p, output=True, output_help="output file (.csv, .tsv or .jsonl)", threads=True)
 
     def body(args) -> int:
@@ -130,7 +134,12 @@ def predict_main(argv: list[str] | None = None) -> int:
                             text_column=args.text_column, batch_size=args.batch_size,
                             bucketing=not args.no_bucketing, threads=args.threads or default_threads(),
                             progress=not args.quiet, max_rows=args.max_rows)
-        res = predict(cfg)
+        if args.ray:
+            from .predict_ray import predict_ray
+
+            res = predict_ray(cfg, args.ray, args.ray_workers)
+        else:
+            res = predict(cfg)
         if not args.quiet:
             print(json.dumps(res, indent=2))
         return 0

@@ -9,6 +9,8 @@ Targets:
   ``com.microsoft`` contrib ops), for ORT mobile, OpenVINO and other runtimes; ``.ort``
   optionally (``portable.py``).
 * ``triton``   -- an NVIDIA Triton model repository for the onnxruntime backend (``triton.py``).
+* ``openvino`` -- a bundle whose model is OpenVINO IR (``openvino_model.xml``), for when OpenVINO
+  is the runtime bench chose; ``OVModelForSequenceClassification`` loads it (``openvino_target.py``).
 
 Every target is written into a hidden staging directory and renamed into place, so an
 interrupted export never leaves a half-written bundle behind.
@@ -34,7 +36,7 @@ from .bundle import (BUILTIN_LABELS, BUNDLE_FORMAT, BUNDLE_JSON, BUNDLE_VERSION,
 from .drift import reference_from_probs
 
 log = logging.getLogger("chainpress.deploy")
-TARGETS = ("bundle", "portable", "triton")
+TARGETS = ("bundle", "portable", "triton", "openvino")
 
 
 @dataclass
@@ -43,7 +45,7 @@ class ExportConfig:
     labels: tuple[str, ...] | None = None  # overrides config.json / the task's names
     reference_examples: int = 2000  # dev texts behind the drift reference
     validation_examples: int = 64
-    precision: str = "auto"  # portable: fp32 | int8 | auto (int8 when the artifact is int8)
+    precision: str = "auto"  # portable: fp32 | int8 | auto (int8 when the artifact is int8); openvino: fp32 | bf16 | auto
     ort_format: bool = False  # portable: also write model.ort
     name: str | None = None  # triton: model name (default: the output directory's name)
     max_batch_size: int = 32  # triton
@@ -54,8 +56,8 @@ class ExportConfig:
     def __post_init__(self) -> None:
         if not 1 <= self.max_length <= 8192:
             raise SpecError(f"max_length must be in 1..8192, got {self.max_length}")
-        if self.precision not in ("auto", "fp32", "int8"):
-            raise SpecError(f"precision must be auto, fp32 or int8, got {self.precision!r}")
+        if self.precision not in ("auto", "fp32", "int8", "bf16"):
+            raise SpecError(f"precision must be auto, fp32, int8 or bf16, got {self.precision!r}")
         for k in ("max_batch_size", "instances", "threads", "validation_examples"):
             if getattr(self, k) < 1:
                 raise SpecError(f"{k} must be >= 1, got {getattr(self, k)}")
@@ -95,19 +97,26 @@ def build_bundle(art: Artifact, dest: Path, cfg: ExportConfig, target: str = "bu
     """Fill ``dest`` with a bundle of ``art``; ``target='portable'`` keeps standard ops only."""
     dest.mkdir(parents=True, exist_ok=True)
     texts, text_note = validation_texts(art, cfg.validation_examples)
+    if cfg.precision == "bf16" and target != "openvino":
+        raise SpecError("--precision bf16 is for --target openvino (an OpenVINO inference hint)")
+    model_file = "model.onnx"
     if target == "portable":
         from .portable import write_portable_model
 
         model_info = write_portable_model(art, dest, texts, cfg)
+    elif target == "openvino":
+        from .openvino_target import XML, write_openvino_model
+
+        model_info, model_file = write_openvino_model(art, dest, texts, cfg.precision, cfg.threads), XML
     else:
         model_info = write_model(art, dest, texts)
     labels = label_names(art, cfg.labels)
     write_config(art, dest, labels)
     write_tokenizer(art, dest, cfg.max_length)
-    meta = {"format": BUNDLE_FORMAT, "version": BUNDLE_VERSION, "target": target, "model": "model.onnx",
+    meta = {"format": BUNDLE_FORMAT, "version": BUNDLE_VERSION, "target": target, "model": model_file,
             "labels": labels, "num_labels": len(labels), "max_length": cfg.max_length,
-            **io_names(dest / "model.onnx"), "model_info": model_info, "validation_texts": text_note,
-            **bundle_tasks(art, model_info, dest / "model.onnx", labels),
+            **io_names(dest / model_file), "model_info": model_info, "validation_texts": text_note,
+            **bundle_tasks(art, model_info, dest / model_file, labels),
             "source": {"stage": art.name, "format": art.format, "task": (art.manifest.get("task") or {}).get("name"),
                        "metrics": card.measured(art.manifest),
                        "created": art.manifest.get("created"), "versions": art.manifest.get("versions", {})},
@@ -173,6 +182,10 @@ def bundle_tasks(art: Artifact, model_info: dict, model_path: Path, labels: list
 
 
 def io_names(model_path: Path) -> dict:
+    if model_path.suffix == ".xml":
+        from .openvino_target import io_names as ov_names
+
+        return ov_names(model_path)
     import onnx
 
     g = onnx.load(str(model_path), load_external_data=False).graph

@@ -116,56 +116,83 @@ def _load_partial(path: Path, key: dict) -> dict[int, list[float]]:
     return done
 
 
-def predict(cfg: PredictConfig) -> dict:
-    """Predict every row of ``cfg.input`` into ``cfg.output``; return timing and counts."""
-    bundle = Bundle.load(cfg.bundle)
-    inp, out = Path(cfg.input), Path(cfg.output)
-    if inp.resolve() == out.resolve():
-        raise SpecError("--output must differ from --input")
-    rows, col = read_rows(inp, cfg.text_column, cfg.max_rows)
-    texts = [r[col] for r in rows]
-    clash = [c for c in rows[0] if c.startswith("pred_")]
-    if clash:
-        raise DataError(f"input columns {clash} clash with the output's pred_* columns; rename them")
-    clf = Classifier(bundle, threads=cfg.threads)
-    key = {"input_sha256": sha256_file(inp), "model_sha256": sha256_file(bundle.model_file), "text_column": col,
-           "max_rows": cfg.max_rows}
-    part = _partial(out)
-    done = _load_partial(part, key)
-    t0 = time.perf_counter()
-    lengths = clf.token_lengths(texts)
-    todo = [b for b in batches(lengths, cfg.batch_size, cfg.bucketing) if not all(int(i) in done for i in b)]
-    resumed = len(done)
-    from tqdm import tqdm
+@dataclass
+class Job:
+    """What both engines (this process, Ray Data) share: the rows, the resume key and file."""
+    bundle: Bundle
+    rows: list[dict]
+    texts: list[str]
+    out: Path
+    part: Path
+    key: dict
+    done: dict[int, list[float]]
 
-    out.parent.mkdir(parents=True, exist_ok=True)
-    with part.open("a", encoding="utf-8") as f, tqdm(total=len(texts), initial=resumed, unit="text",
-                                                     disable=not cfg.progress, desc="predict") as bar:
-        if resumed == 0:
+    @classmethod
+    def open(cls, cfg: PredictConfig) -> "Job":
+        bundle = Bundle.load(cfg.bundle)
+        inp, out = Path(cfg.input), Path(cfg.output)
+        if inp.resolve() == out.resolve():
+            raise SpecError("--output must differ from --input")
+        rows, col = read_rows(inp, cfg.text_column, cfg.max_rows)
+        clash = [c for c in rows[0] if c.startswith("pred_")]
+        if clash:
+            raise DataError(f"input columns {clash} clash with the output's pred_* columns; rename them")
+        key = {"input_sha256": sha256_file(inp), "model_sha256": _model_sha256(bundle.model_file),
+               "text_column": col, "max_rows": cfg.max_rows}
+        part = _partial(out)
+        return cls(bundle, rows, [r[col] for r in rows], out, part, key, _load_partial(part, key))
+
+    def start(self):
+        """The partial file, opened for appending (a fresh one starts with the key line)."""
+        self.out.parent.mkdir(parents=True, exist_ok=True)
+        f = self.part.open("a", encoding="utf-8")
+        if not self.done:
             f.seek(0)
             f.truncate()
-            f.write(json.dumps(key) + "\n")
+            f.write(json.dumps(self.key) + "\n")
+        return f
+
+    def append(self, f, idx, probs) -> None:
+        """One batch's rows, durable before the next batch starts."""
+        f.write("".join(json.dumps({"i": int(i), "p": [round(float(x), 7) for x in p]}) + "\n"
+                        for i, p in zip(idx, probs)))
+        f.flush()
+        os.fsync(f.fileno())
+        self.done.update({int(i): p for i, p in zip(idx, probs)})
+
+    def finish(self, cfg: PredictConfig, lengths: list[int], resumed: int, t0: float, model_s: float) -> dict:
+        if missing := len(self.texts) - len(self.done):
+            raise DataError(f"{missing} rows came back without predictions; rerun the same command to resume")
+        probs = np.asarray([self.done[i] for i in range(len(self.texts))], dtype=np.float32)
+        write_output(self.out, self.rows, probs, self.bundle.labels)
+        self.part.unlink()
+        computed = len(self.texts) - resumed
+        return {"rows": len(self.texts), "resumed_rows": resumed, "computed_rows": computed,
+                "seconds": round(time.perf_counter() - t0, 3), "model_seconds": round(model_s, 3),
+                "texts_per_s": round(computed / model_s, 1) if model_s > 0 and computed else None,
+                "bucketing": cfg.bucketing, "batch_size": cfg.batch_size, "output": str(self.out),
+                "padded_tokens": padded_tokens(lengths, cfg.batch_size, cfg.bucketing), "tokens": int(sum(lengths))}
+
+
+def predict(cfg: PredictConfig) -> dict:
+    """Predict every row of ``cfg.input`` into ``cfg.output``; return timing and counts."""
+    job = Job.open(cfg)
+    clf = Classifier(job.bundle, threads=cfg.threads)
+    t0 = time.perf_counter()
+    lengths = clf.token_lengths(job.texts)
+    todo = [b for b in batches(lengths, cfg.batch_size, cfg.bucketing) if not all(int(i) in job.done for i in b)]
+    resumed = len(job.done)
+    from tqdm import tqdm
+
+    with job.start() as f, tqdm(total=len(job.texts), initial=resumed, unit="text",
+                                disable=not cfg.progress, desc="predict") as bar:
         t_model = time.perf_counter()
         for k, b in enumerate(todo):
-            probs = clf.probabilities([texts[i] for i in b])
-            f.write("".join(json.dumps({"i": int(i), "p": [round(float(x), 7) for x in p]}) + "\n"
-                            for i, p in zip(b, probs)))
-            f.flush()
-            os.fsync(f.fileno())
-            for i, p in zip(b, probs):
-                done[int(i)] = p
+            job.append(f, b, clf.probabilities([job.texts[i] for i in b]))
             bar.update(len(b))
             pause_point(f"predict:batch:{k + 1}")  # crash tests stop here (chain/faults.py)
         model_s = time.perf_counter() - t_model
-    probs = np.asarray([done[i] for i in range(len(texts))], dtype=np.float32)
-    write_output(out, rows, probs, bundle.labels)
-    part.unlink()
-    computed = len(texts) - resumed
-    return {"rows": len(texts), "resumed_rows": resumed, "computed_rows": computed,
-            "seconds": round(time.perf_counter() - t0, 3), "model_seconds": round(model_s, 3),
-            "texts_per_s": round(computed / model_s, 1) if model_s > 0 and computed else None,
-            "bucketing": cfg.bucketing, "batch_size": cfg.batch_size, "output": str(out),
-            "padded_tokens": padded_tokens(lengths, cfg.batch_size, cfg.bucketing), "tokens": int(sum(lengths))}
+    return job.finish(cfg, lengths, resumed, t0, model_s)
 
 
 def padded_tokens(lengths: list[int], batch_size: int, bucketing: bool) -> int:
@@ -195,3 +222,9 @@ def write_output(out: Path, rows: list[dict], probs: np.ndarray, labels: list[st
         f.flush()
         os.fsync(f.fileno())
     os.replace(tmp, out)
+
+
+def _model_sha256(model_file) -> str:
+    """The model's hash for the resume key; OpenVINO IR keeps its weights in the .bin beside the .xml."""
+    weights = model_file.with_suffix(".bin")
+    return sha256_file(model_file) + (sha256_file(weights) if model_file.suffix == ".xml" and weights.is_file() else "")

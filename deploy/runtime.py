@@ -1,4 +1,4 @@
-"""One way to run a bundle: its tokenizer and an ONNX Runtime session.
+"""One way to run a bundle: its tokenizer and an ONNX Runtime (or OpenVINO) session.
 
 The server, the batch job and the export checks all go through ``Classifier``, so an
 answer from ``/predict`` and a row written by ``predict`` come from the same code.
@@ -38,7 +38,12 @@ class Classifier:
         self.labels = bundle.labels
         self.max_length = bundle.max_length
         self.tokenizer = AutoTokenizer.from_pretrained(str(bundle.path))
-        self.session = ort_session(bundle.model_file, threads)
+        if bundle.model_file.suffix == ".xml":  # the openvino target
+            from .openvino_target import OpenVinoSession
+
+            self.session = OpenVinoSession(bundle.model_file, threads, bundle.meta["model_info"]["precision"])
+        else:
+            self.session = ort_session(bundle.model_file, threads)
         self.input_names = [i.name for i in self.session.get_inputs()]
 
     def logits(self, texts: list[str]) -> np.ndarray:
