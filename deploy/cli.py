@@ -55,6 +55,8 @@ def export_main(argv: list[str] | None = None) -> int:
     p.add_argument("--name", help="triton: model name (default: the output directory's name)")
     p.add_argument("--max-batch-size", type=positive_int, default=32, help="triton: max_batch_size")
     p.add_argument("--instances", type=positive_int, default=1, help="triton: CPU instances")
+    p.add_argument("--backend", choices=("onnxruntime", "openvino"), default="onnxruntime",
+                   help="triton: the server backend (openvino: the IR of --target openvino)")
     p.add_argument("--queue-delay-us", type=positive_int, default=2000, help="triton: dynamic batching delay")
     add_common(p, threads=True)
 
@@ -64,7 +66,8 @@ def export_main(argv: list[str] | None = None) -> int:
         labels = tuple(s.strip() for s in args.labels.split(",")) if args.labels else None
         cfg = ExportConfig(max_length=args.max_length, labels=labels, precision=args.precision, ort_format=args.ort,
                            name=args.name, max_batch_size=args.max_batch_size, instances=args.instances,
-                           max_queue_delay_us=args.queue_delay_us, threads=args.threads or default_threads())
+                           max_queue_delay_us=args.queue_delay_us, threads=args.threads or default_threads(),
+                           backend=args.backend)
         res = export(args.artifact, args.out, args.target, cfg)
         if not args.quiet:
             print(json.dumps(res, indent=2, default=str))

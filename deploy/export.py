@@ -8,7 +8,7 @@ Targets:
 * ``portable`` -- a bundle whose graph uses standard ONNX operators only (no
   ``com.microsoft`` contrib ops), for ORT mobile, OpenVINO and other runtimes; ``.ort``
   optionally (``portable.py``).
-* ``triton``   -- an NVIDIA Triton model repository for the onnxruntime backend (``triton.py``).
+* ``triton``   -- an NVIDIA Triton model repository for the onnxruntime or openvino backend (``triton.py``).
 * ``openvino`` -- a bundle whose model is OpenVINO IR (``openvino_model.xml``), for when OpenVINO
   is the runtime bench chose; ``OVModelForSequenceClassification`` loads it (``openvino_target.py``).
 
@@ -51,6 +51,7 @@ class ExportConfig:
     max_batch_size: int = 32  # triton
     max_queue_delay_us: int = 2000  # triton dynamic batching
     instances: int = 1  # triton instance group count (CPU)
+    backend: str = "onnxruntime"  # triton: onnxruntime | openvino (the IR of the openvino target)
     threads: int = 2
 
     def __post_init__(self) -> None:
@@ -61,6 +62,8 @@ class ExportConfig:
         for k in ("max_batch_size", "instances", "threads", "validation_examples"):
             if getattr(self, k) < 1:
                 raise SpecError(f"{k} must be >= 1, got {getattr(self, k)}")
+        if self.backend not in ("onnxruntime", "openvino"):
+            raise SpecError(f"backend must be onnxruntime or openvino, got {self.backend!r}")
         if self.labels is not None and (len(set(self.labels)) != len(self.labels) or not all(self.labels)):
             raise SpecError(f"labels must be distinct non-empty names, got {list(self.labels)}")
 
@@ -80,7 +83,7 @@ def export(artifact_dir: str | Path, out_dir: str | Path, target: str = "bundle"
 
             bundle_tmp = Path(f"{tmp}-bundle")  # beside the repository, not inside it
             try:
-                build_bundle(art, bundle_tmp, cfg, target="triton")
+                build_bundle(art, bundle_tmp, cfg, target="openvino" if cfg.backend == "openvino" else "triton")
                 summary = write_repository(Bundle.load(bundle_tmp), tmp, cfg.name or out_dir.name, cfg)
             finally:
                 shutil.rmtree(bundle_tmp, ignore_errors=True)

@@ -1,14 +1,15 @@
-"""An NVIDIA Triton Inference Server model repository for the onnxruntime backend.
+"""An NVIDIA Triton Inference Server model repository for the onnxruntime (or openvino) backend.
 
 Layout (what ``tritonserver --model-repository=DIR`` expects)::
 
     DIR/<name>/config.pbtxt        model config: inputs, outputs, dynamic batching, instances
-    DIR/<name>/1/model.onnx        version 1 of the model
+    DIR/<name>/1/model.onnx        version 1 of the model (openvino backend: model.xml + model.bin)
     DIR/<name>/labels.txt          one label per line: Triton's classification extension
     DIR/<name>/tokenizer/          the tokenizer (a non-numeric folder: Triton skips it)
     DIR/README.md                  how to tokenize and call it
 
-Triton's onnxruntime backend takes token ids, not text: the client tokenizes with the
+``backend="openvino"`` puts the OpenVINO IR of the ``openvino`` export target there instead,
+for when OpenVINO is the runtime bench chose. Either backend takes token ids, not text: the client tokenizes with the
 bundled ``tokenizer/`` (``AutoTokenizer.from_pretrained``, ``truncation=True``,
 ``max_length`` from the README). The config is checked by parsing it with the
 ``ModelConfig`` protobuf that ships in ``tritonclient`` and by comparing its inputs and
@@ -26,6 +27,8 @@ from chain.errors import ExportValidationError, SpecError
 from .bundle import TOKENIZER_FILES, Bundle, write_checksums
 
 ONNX_TO_TRITON = {1: "TYPE_FP32", 7: "TYPE_INT64", 6: "TYPE_INT32", 10: "TYPE_FP16", 11: "TYPE_FP64"}
+OV_TO_TRITON = {"f32": "TYPE_FP32", "i64": "TYPE_INT64", "i32": "TYPE_INT32", "f16": "TYPE_FP16", "f64": "TYPE_FP64"}
+BACKENDS = ("onnxruntime", "openvino")
 
 
 def model_name(name: str) -> str:
@@ -55,6 +58,30 @@ def graph_io(model_path: Path) -> tuple[list[dict], list[dict]]:
     return rows(g.input), rows(g.output)
 
 
+def ir_io(xml: Path) -> tuple[list[dict], list[dict]]:
+    """(inputs, outputs) of an OpenVINO IR, like ``graph_io``."""
+    import openvino as ov
+
+    from .openvino_target import port_name
+
+    m = ov.Core().read_model(str(xml))
+
+    def rows(ports):
+        return [{"name": port_name(p), "data_type": OV_TO_TRITON.get(p.get_element_type().get_type_name(),
+                                                                      f"ov-{p.get_element_type()}"),
+                 "dims": [d.get_length() if d.is_static else -1 for d in p.get_partial_shape()][1:]} for p in ports]
+
+    return rows(m.inputs), rows(m.outputs)
+
+
+def _backend_parameters(cfg) -> list[str]:
+    if getattr(cfg, "backend", "onnxruntime") == "openvino":
+        return [f'parameters {{ key: "INFERENCE_NUM_THREADS" value: {{ string_value: "{cfg.threads}" }} }}',
+                'parameters { key: "PERFORMANCE_HINT" value: { string_value: "LATENCY" } }']
+    return [f'parameters {{ key: "intra_op_thread_count" value: {{ string_value: "{cfg.threads}" }} }}',
+            'parameters { key: "inter_op_thread_count" value: { string_value: "1" } }']
+
+
 def render_config(name: str, inputs: list[dict], outputs: list[dict], cfg, num_labels: int) -> str:
     """config.pbtxt text. Output dims are [num_labels] (the graph says so only symbolically)."""
     def tensor(t: dict, extra: str = "") -> str:
@@ -65,7 +92,7 @@ def render_config(name: str, inputs: list[dict], outputs: list[dict], cfg, num_l
     preferred = sorted({b for b in (cfg.max_batch_size // 4, cfg.max_batch_size // 2, cfg.max_batch_size) if b >= 1})
     return "\n".join([
         f'name: "{name}"',
-        'backend: "onnxruntime"',
+        f'backend: "{getattr(cfg, "backend", "onnxruntime")}"',
         f"max_batch_size: {cfg.max_batch_size}",
         "input [\n" + ",\n".join(tensor(t) for t in inputs) + "\n]",
         "output [\n" + ",\n".join(tensor(t, '    label_filename: "labels.txt"\n') for t in outs) + "\n]",
@@ -74,8 +101,7 @@ def render_config(name: str, inputs: list[dict], outputs: list[dict], cfg, num_l
         f"  max_queue_delay_microseconds: {cfg.max_queue_delay_us}",
         "}",
         f"instance_group [\n  {{\n    count: {cfg.instances}\n    kind: KIND_CPU\n  }}\n]",
-        f'parameters {{ key: "intra_op_thread_count" value: {{ string_value: "{cfg.threads}" }} }}',
-        'parameters { key: "inter_op_thread_count" value: { string_value: "1" } }',
+        *_backend_parameters(cfg),
         'version_policy: { latest: { num_versions: 1 } }',
         ""])
 
@@ -113,7 +139,7 @@ def check_config(text: str, inputs: list[dict], outputs: list[dict], num_labels:
     if len(got_in) != len(inputs) or len(got_out) != len(outputs):
         problems.append("config and graph have different numbers of inputs/outputs")
     if problems:
-        raise ExportValidationError("config.pbtxt disagrees with the ONNX graph: " + "; ".join(problems))
+        raise ExportValidationError("config.pbtxt disagrees with the model's graph: " + "; ".join(problems))
     return {"parsed": True, "backend": mc.backend, "max_batch_size": mc.max_batch_size,
             "inputs": list(got_in), "outputs": list(got_out)}
 
@@ -123,13 +149,18 @@ def write_repository(bundle: Bundle, repo: Path, name: str, cfg) -> dict:
     name = model_name(name)
     mdir = repo / name
     (mdir / "1").mkdir(parents=True)
-    shutil.copy2(bundle.model_file, mdir / "1" / "model.onnx")
+    if bundle.model_file.suffix == ".xml":  # the openvino backend's file names
+        shutil.copy2(bundle.model_file, mdir / "1" / "model.xml")
+        shutil.copy2(bundle.model_file.with_suffix(".bin"), mdir / "1" / "model.bin")
+        inputs, outputs = ir_io(mdir / "1" / "model.xml")
+    else:
+        shutil.copy2(bundle.model_file, mdir / "1" / "model.onnx")
+        inputs, outputs = graph_io(mdir / "1" / "model.onnx")
     (mdir / "labels.txt").write_text("".join(f"{label}\n" for label in bundle.labels))
     (mdir / "tokenizer").mkdir()
     for f in TOKENIZER_FILES + ("config.json",):
         if (bundle.path / f).is_file():
             shutil.copy2(bundle.path / f, mdir / "tokenizer" / f)
-    inputs, outputs = graph_io(mdir / "1" / "model.onnx")
     for t in inputs:
         if t["data_type"] != "TYPE_INT64":
             raise ExportValidationError(f"graph input {t['name']} is {t['data_type']}; expected int64 token ids")
@@ -148,7 +179,7 @@ def _readme(name: str, bundle: Bundle, inputs: list[dict], cfg) -> str:
     ids = ", ".join(t["name"] for t in inputs)
     return f"""# Triton model repository: {name}
 
-Start: `tritonserver --model-repository=$PWD` (onnxruntime backend, CPU instances: {cfg.instances}, dynamic
+Start: `tritonserver --model-repository=$PWD` ({getattr(cfg, "backend", "onnxruntime")} backend, CPU instances: {cfg.instances}, dynamic
 batching up to {cfg.max_batch_size} with {cfg.max_queue_delay_us} us queue delay).
 
 Tokenize on the client with the bundled tokenizer, exactly as the model was evaluated:

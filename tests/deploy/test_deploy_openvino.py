@@ -94,3 +94,19 @@ def test_openvino_target_refusals_are_one_clear_line(int8_artifact, onnx_artifac
     with pytest.raises(SpecError, match="bf16 is for --target openvino"):
         export(onnx_artifact, tmp_path / "c", "bundle", ExportConfig(precision="bf16"))
     assert not any(tmp_path.iterdir())  # nothing half-written is left behind
+
+
+def test_triton_repository_for_the_openvino_backend(onnx_artifact, tmp_path):
+    from deploy.triton import parse_config
+
+    r = export(onnx_artifact, tmp_path / "repo", "triton", ExportConfig(name="sst2_ov", backend="openvino"))
+    mdir = tmp_path / "repo" / "sst2_ov"
+    assert (mdir / "1" / "model.xml").is_file() and (mdir / "1" / "model.bin").is_file()
+    assert not (mdir / "1" / "model.onnx").exists()
+    assert r["config_check"]["parsed"] and r["config_check"]["backend"] == "openvino"
+    cfg = parse_config((mdir / "config.pbtxt").read_text())
+    assert [(i.name, list(i.dims)) for i in cfg.input] == [(n, [-1]) for n in
+                                                           ("input_ids", "attention_mask", "token_type_ids")]
+    assert {p for p in cfg.parameters} == {"INFERENCE_NUM_THREADS", "PERFORMANCE_HINT"}
+    with pytest.raises(SpecError, match="backend must be"):
+        ExportConfig(backend="tensorrt")
