@@ -82,6 +82,9 @@ def read_rows(path: Path, text_column: str | None, max_rows: int | None = None) 
         raise DataError(f"{path} has no column {text_column or 'text/sentence'!r} (columns: {sorted(rows[0])}); "
                         "give --text-column")
     for i, r in enumerate(rows):
+        if None in r:  # csv.DictReader's key for fields beyond the header's
+            raise DataError(f"{path} row {i + 1} has more fields than the header ({len(rows[0])} columns); "
+                            "quote texts that contain the delimiter")
         if not isinstance(r.get(col), str) or not r[col].strip():
             raise DataError(f"{path} row {i + 1}: empty or missing text in column {col!r}")
     return rows, col

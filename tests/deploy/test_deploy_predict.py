@@ -111,3 +111,15 @@ def test_bad_input_is_one_line_and_exit_2(bundle_dir, tmp_path):
     for args, message in cases:
         r = run_cli(*args)
         assert r.returncode == 2 and message in r.stderr and len(r.stderr.strip().splitlines()) == 1, (args, r.stderr)
+
+
+def test_a_row_with_more_fields_than_the_header_is_refused(tmp_path):
+    from chain.errors import DataError
+    from deploy.predict import read_rows
+
+    p = tmp_path / "in.csv"
+    p.write_text("text\na gripping film\nterrible, dull\n")  # an unquoted comma in row 2
+    with pytest.raises(DataError, match="row 2 has more fields than the header"):
+        read_rows(p, None)
+    p.write_text('text\na gripping film\n"terrible, dull"\n')
+    assert [r["text"] for r in read_rows(p, None)[0]] == ["a gripping film", "terrible, dull"]
