@@ -178,7 +178,8 @@ def save_ir(ov_model, out_dir: Path, parent: Artifact) -> None:
     copy_aux(parent.path, out_dir)
 
 
-def _example(tokenizer) -> dict:
+def trace_example(tokenizer) -> dict:
+    """A small padded batch that traces a PyTorch model for conversion."""
     enc = tokenizer(["a short sentence to trace", "and a second, somewhat longer one to pad"], padding=True,
                     return_tensors="np")
     return {k: v.astype(np.int64) for k, v in enc.items()}
@@ -249,7 +250,7 @@ class ExportOpenVino(Stage):
         if (skip := _no_bf16(cfg.precision)) is not None:
             return skip
         texts = validation_texts(ctx, self.name, cfg.validation_samples)
-        save_ir(to_openvino(parent, _example(_tokenizer(parent, ctx.trust_remote_code)), ctx.trust_remote_code),
+        save_ir(to_openvino(parent, trace_example(_tokenizer(parent, ctx.trust_remote_code)), ctx.trust_remote_code),
                 out_dir, parent)
         manifest = {"format": "openvino", "openvino": {"xml": XML, "precision": cfg.precision},
                     **(carry_heads(parent) if parent.format == "onnx" else {})}
@@ -329,7 +330,7 @@ class QuantizeOpenVinoInt8(Stage):
         heads = carry_heads(parent) if parent.format == "onnx" else {}
         # a multi-task graph's heads stay float (every quantizer keeps heads float); a single head: NNCF's choice
         ignored = head_patterns(json.loads((parent.path / "config.json").read_text())) if heads else []
-        save_ir(nncf_int8(to_openvino(parent, _example(tok), ctx.trust_remote_code), calib, cfg, ignored),
+        save_ir(nncf_int8(to_openvino(parent, trace_example(tok), ctx.trust_remote_code), calib, cfg, ignored),
                 out_dir, parent)
         manifest = {"format": "openvino", "openvino": {"xml": XML, "precision": cfg.precision}, **heads}
         report = _check(parent, out_dir, manifest, checks, ctx, None, cfg.min_agreement, "NNCF int8 model")

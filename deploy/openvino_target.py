@@ -28,6 +28,14 @@ ATOL = 1e-3  # f32: OpenVINO fuses and reorders sums
 MIN_AGREEMENT = 0.95  # bf16 / int8 hint: no atol, argmax agreement with the artifact
 
 
+def artifact_precision(art: Artifact) -> str:
+    """The hint the artifact itself runs with on this CPU (f32 for non-OpenVINO artifacts)."""
+    from compress.openvino import resolve_precision
+
+    return resolve_precision((art.manifest.get("openvino") or {}).get("precision", "f32")) \
+        if art.format == "openvino" else "f32"
+
+
 def bundle_precision(art: Artifact, asked: str) -> str:
     """The OpenVINO inference hint the bundle runs with: f32 | bf16 | default."""
     from compress.openvino import cpu_has_bf16
@@ -35,30 +43,19 @@ def bundle_precision(art: Artifact, asked: str) -> str:
     if asked == "int8":
         raise SpecError("--precision int8 for --target openvino: OpenVINO int8 comes from NNCF with calibration "
                         "data; export the artifact of a quantize_openvino_int8 stage instead")
-    if asked == "auto":
-        hint = (art.manifest.get("openvino") or {}).get("precision", "f32") if art.format == "openvino" else "f32"
-        hint = "bf16" if hint == "auto" and cpu_has_bf16() else ("f32" if hint == "auto" else hint)
-    else:
-        hint = {"fp32": "f32"}.get(asked, asked)
+    hint = artifact_precision(art) if asked == "auto" else {"fp32": "f32"}.get(asked, asked)
     if hint == "bf16" and not cpu_has_bf16():
         raise SpecError("--precision bf16: this CPU has no native bf16 (AVX512_BF16 or AMX) for OpenVINO; "
                         "use --precision fp32")
     return hint
 
 
-def _example(art: Artifact) -> dict:
-    from chain.model import load_tokenizer
-
-    enc = load_tokenizer(art)(["a short sentence to trace", "and a second, somewhat longer one to pad"],
-                              padding=True, return_tensors="np")
-    return {k: v.astype(np.int64) for k, v in enc.items()}
-
-
 def write_openvino_model(art: Artifact, dest: Path, texts: list[str], precision: str, threads: int) -> dict:
     """``openvino_model.xml/.bin`` of ``art`` in ``dest``, checked against the artifact on ``texts``."""
     import openvino as ov
 
-    from compress.openvino import ir_path, to_openvino
+    from chain.model import load_tokenizer
+    from compress.openvino import ir_path, to_openvino, trace_example
 
     hint = bundle_precision(art, precision)
     if art.format == "openvino":
@@ -68,7 +65,7 @@ def write_openvino_model(art: Artifact, dest: Path, texts: list[str], precision:
         how = f"copied from the OpenVINO artifact ({src.name})"
     elif art.format in ("onnx", "hf"):
         try:
-            model = to_openvino(art, _example(art))
+            model = to_openvino(art, trace_example(load_tokenizer(art)))
         except ModelError as e:  # ORT contrib ops
             raise ModelError(f"{e}. For OpenVINO int8 export a quantize_openvino_int8 stage's artifact") from None
         ov.save_model(model, str(dest / XML), compress_to_fp16=False)
@@ -81,14 +78,13 @@ def write_openvino_model(art: Artifact, dest: Path, texts: list[str], precision:
 
 def _validate(art: Artifact, dest: Path, texts: list[str], hint: str, threads: int) -> dict:
     from chain.model import load_tokenizer
-    from chain.runtime import load_predictor
     from chain.predict import Predictor
+    from chain.runtime import load_predictor
     from compress.openvino import compare, compile_openvino, openvino_fn
 
     got = Predictor("bundle", f"openvino-{hint}", openvino_fn(compile_openvino(dest / XML, threads, hint)))
     report = compare(load_predictor(art, threads), got, load_tokenizer(art), texts)
-    own = (art.manifest.get("openvino") or {}).get("precision", "f32") if art.format == "openvino" else "f32"
-    exact = hint == "f32" and own in ("f32", "fp32")  # both sides fp32 arithmetic: logits must agree
+    exact = hint == "f32" == artifact_precision(art)  # both sides fp32 arithmetic: logits must agree
     if (exact and report["max_abs_diff"] > ATOL) or report["argmax_agreement"] < MIN_AGREEMENT:
         raise ExportValidationError(
             f"the OpenVINO bundle ({hint}) does not match {art.path} on {report['compared']} real sentences: "

@@ -65,6 +65,10 @@ def predict_ray(cfg: PredictConfig, address: str = "local", workers: int = 1) ->
     order = [int(i) for b in batches(lengths, cfg.batch_size, cfg.bucketing) for i in b if int(i) not in job.done]
     t0 = time.perf_counter()
     ray = _ray(address)
+    cpus = ray.cluster_resources().get("CPU", 0)
+    if workers * cfg.threads > cpus:  # Ray would wait forever for actors it cannot place
+        raise SpecError(f"--ray-workers {workers} x --threads {cfg.threads} needs {workers * cfg.threads} CPUs; "
+                        f"the Ray cluster has {cpus:g}: lower --ray-workers or --threads")
     ctx = ray.data.DataContext.get_current()
     ctx.enable_progress_bars = cfg.progress
     if not cfg.progress:
@@ -80,7 +84,7 @@ def predict_ray(cfg: PredictConfig, address: str = "local", workers: int = 1) ->
                                 compute=ray.data.ActorPoolStrategy(size=workers),
                                 fn_constructor_kwargs={"bundle": str(job.bundle.path.resolve()),
                                                        "threads": cfg.threads},
-                                num_cpus=cfg.threads if address == "local" else None)
+                                num_cpus=cfg.threads)
             for b in ds.iter_batches(batch_size=None, batch_format="numpy"):
                 job.append(f, b["i"], b["p"])
         model_s = time.perf_counter() - t_model

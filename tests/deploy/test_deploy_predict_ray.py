@@ -60,3 +60,14 @@ def test_ray_job_resumes_from_the_partial_file(local_ray, bundle_dir, sst2_file,
     assert res["resumed_rows"] == 64 and res["computed_rows"] == 136
     got = rows_of(tmp_path / "out.jsonl")
     assert [r["pred_label"] for r in got] == [LABELS[k] for k in offline(job.texts).argmax(-1)]
+
+
+def test_more_actor_cpus_than_the_cluster_has_is_a_clear_error(local_ray, bundle_dir, sst2_file, tmp_path):
+    from chain.errors import SpecError
+    from deploy.predict_ray import predict_ray
+
+    cfg = PredictConfig(bundle=str(bundle_dir), input=str(sst2_file), output=str(tmp_path / "o.jsonl"),
+                        threads=2, progress=False)
+    with pytest.raises(SpecError, match="needs 4 CPUs; the Ray cluster has 2"):
+        predict_ray(cfg, "local", workers=2)  # would otherwise wait forever for an unplaceable actor
+    assert not (tmp_path / "o.jsonl").exists()
