@@ -147,7 +147,10 @@ def bf16_predictor(artifact: Artifact, threads: int, trust_remote_code: bool = F
 
 @dataclass
 class TorchBf16Config:
-    pass
+    # Where the CPU has no native bf16 (AVX512_BF16/AMX) autocast emulates it: on an AVX2-only
+    # EPYC it ran at 11 samples/s against fp32's 80 and took most of a 33-minute default bench
+    # (docs/results/bench-2026-12-02-avx2.md). No user would pick it, so it is skipped unless asked.
+    emulated: bool = False
 
 
 @register_stage("peer_torch_bf16")
@@ -170,6 +173,10 @@ class TorchBf16Peer(Stage):
         fields = {"format": "hf", "runtime": BF16_RUNTIME, "peer": True, "num_labels": parent.manifest.get("num_labels"),
                   "cpu_native_bf16": bool(torch.backends.mkldnn.is_available()
                                           and torch.ops.mkldnn._is_mkldnn_bf16_supported())}
+        if not fields["cpu_native_bf16"] and not self.config.emulated:
+            fields["skip_reason"] = ("this CPU has no native bf16 (AVX512_BF16 or AMX): autocast would emulate it, "
+                                     "several times slower than fp32; set emulated: true to time it anyway")
+            return fields
         try:
             enc = load_tokenizer(parent)(["a probe sentence for bfloat16"], return_tensors="pt")
             with torch.inference_mode():

@@ -32,6 +32,21 @@ def _cpuinfo() -> tuple[str, list[str]]:
     return cpu or platform.processor(), flags or []
 
 
+def cpu_flags() -> list[str]:
+    """This CPU's flags among ``INTERESTING_FLAGS`` (empty where /proc/cpuinfo is unreadable)."""
+    return _cpuinfo()[1]
+
+
+def int8_saturates() -> bool:
+    """Whether u8 x s8 int8 GEMMs here may saturate: x86 with AVX2 but no VNNI/AMX.
+
+    Without VNNI, ONNX Runtime's (and oneDNN's) AVX2 kernels sum u8*s8 pairs into int16
+    (VPMADDUBSW), which overflows for large weights; 7-bit weights (reduce_range) fit.
+    """
+    flags = set(cpu_flags())
+    return "avx2" in flags and not flags & {"avx512_vnni", "avx_vnni", "amx_int8"}
+
+
 def environment(threads: int | None = None, device: str = "cpu") -> dict:
     """The one environment record of chain and bench results (``threads`` None = torch's count)."""
     import torch

@@ -26,7 +26,7 @@ import numpy as np
 from chain.errors import ExportValidationError, SpecError
 
 from chain.arch import arch_for
-from .onnx_quantize import attention_shape, check_fused_graph, copy_aux, optimize_graph
+from .onnx_quantize import attention_shape, check_fused_graph, copy_aux, optimize_graph, resolve_reduce_range
 
 CALIBRATIONS = ("minmax", "entropy", "percentile")
 
@@ -39,7 +39,7 @@ class OrtStaticInt8Config:
     percentile: float = 99.999  # used by calibration: percentile
     batch_size: int = 8
     max_length: int = 128
-    reduce_range: bool = False  # 7-bit weights for AVX2 CPUs without VNNI (see OrtInt8Config)
+    reduce_range: bool | None = None  # 7-bit weights; None: on AVX2 CPUs without VNNI (see OrtInt8Config)
     optimize_level: int | None = 2  # fusions (no Attention fusion, see module doc); None = off
     op_types: tuple[str, ...] = ("MatMul", "Gather")  # Gather: the embedding tables
     min_sqnr_db: float = 15.0  # logits SQNR vs the fp32 graph below this is a failed quantization
@@ -112,7 +112,7 @@ def _quantize(src: Path, dst: Path, batches: list[dict], cfg: OrtStaticInt8Confi
         # u8 activations / s8 weights: ORT's recommended pair for x86 CPUs
         quantize_static(str(src), str(dst), _reader(batches), quant_format=QuantFormat.QDQ,
                         op_types_to_quantize=list(cfg.op_types), per_channel=cfg.per_channel,
-                        reduce_range=cfg.reduce_range, activation_type=QuantType.QUInt8,
+                        reduce_range=resolve_reduce_range(cfg.reduce_range), activation_type=QuantType.QUInt8,
                         weight_type=QuantType.QInt8, calibrate_method=method, extra_options=extra)
 
 
@@ -163,6 +163,7 @@ def quantize_onnx_static_int8(src_dir: Path, out_dir: Path, calib_texts: list[st
     tok = AutoTokenizer.from_pretrained(src_dir)
     batches = calibration_batches(tok, calib_texts, {i.name for i in ort_session(src).get_inputs()}, config)
     report: dict = {"calibration": config.calibration, "calibration_samples": len(calib_texts),
+                    "reduce_range": resolve_reduce_range(config.reduce_range),
                     "calibration_length": int(next(iter(batches[0].values())).shape[1])}
     graph, fallback = "unfused", None
     hf_config = json.loads((src_dir / "config.json").read_text())

@@ -260,6 +260,15 @@ class ExportOpenVino(Stage):
         return {**manifest, "validation": report, "from_format": parent.format}
 
 
+OVERFLOW_FIXES = ("enable", "first_layer_only", "disable")
+
+
+def resolve_overflow_fix(overflow_fix: str | None) -> str:
+    from chain.environment import int8_saturates
+
+    return overflow_fix or ("enable" if int8_saturates() else "first_layer_only")
+
+
 @dataclass
 class OpenVinoInt8Config:
     calibration_samples: int = 300  # NNCF's default subset_size
@@ -272,9 +281,16 @@ class OpenVinoInt8Config:
     min_agreement: float = 0.95  # argmax agreement vs the parent on dev sentences; below it fails
     validation_samples: int = 64
     max_length: int = 128
+    # NNCF's OverflowFix (7-bit weights): "enable", "first_layer_only" (NNCF's default) or
+    # "disable"; None = "enable" where u8s8 sums saturate (AVX2 without VNNI: a tiny model's
+    # agreement fell to 0.906 there without it), NNCF's default elsewhere
+    overflow_fix: str | None = None
 
     def __post_init__(self) -> None:
         _check_precision(self.precision)
+        if self.overflow_fix not in (None, *OVERFLOW_FIXES):
+            raise SpecError(f"overflow_fix must be one of {', '.join(OVERFLOW_FIXES)} or null, "
+                            f"got {self.overflow_fix!r}")
         if self.preset not in ("mixed", "performance"):
             raise SpecError(f"preset must be 'mixed' or 'performance', got {self.preset!r}")
         if self.calibration_samples < 1 or self.validation_samples < 1:
@@ -302,9 +318,10 @@ def nncf_int8(ov_model, batches: list[dict], cfg: OpenVinoInt8Config, ignored: l
     names = {n for port in ov_model.inputs for n in port.get_names()}
     data = nncf.Dataset(batches, lambda enc: {k: v for k, v in enc.items() if k in names})
     scope = nncf.IgnoredScope(patterns=list(ignored), validate=False) if ignored else None
+    advanced = nncf.AdvancedQuantizationParameters(overflow_fix=nncf.OverflowFix(resolve_overflow_fix(cfg.overflow_fix)))
     return nncf.quantize(ov_model, data, preset=getattr(nncf.QuantizationPreset, cfg.preset.upper()),
                          model_type=nncf.ModelType.TRANSFORMER, subset_size=len(batches),
-                         fast_bias_correction=cfg.fast_bias_correction,
+                         fast_bias_correction=cfg.fast_bias_correction, advanced_parameters=advanced,
                          **({"ignored_scope": scope} if scope else {}))
 
 
@@ -337,4 +354,5 @@ class QuantizeOpenVinoInt8(Stage):
         floats = {p: "head (every task's): kept float, nncf IgnoredScope" for p in ignored}
         return {**manifest, "validation": report, "from_format": parent.format, "calibration_samples": len(calib),
                 **({"float_layers": floats} if floats else {}),
-                "quantization": {"tool": "nncf", "preset": cfg.preset, "model_type": "transformer"}}
+                "quantization": {"tool": "nncf", "preset": cfg.preset, "model_type": "transformer",
+                                 "overflow_fix": resolve_overflow_fix(cfg.overflow_fix)}}

@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 
 from bench.best import best_per_workload, markdown
-from bench.peers_openvino import OpenVinoInt8Peer, OpenVinoPeer, TorchBf16Peer
+from bench.peers_openvino import OpenVinoInt8Peer, OpenVinoPeer, TorchBf16Config, TorchBf16Peer
 from chain.executor import exit_code
 from chain.model import load_tokenizer
 from chain.predict import encode_batches
@@ -24,7 +24,8 @@ def varied_bert(tmp_path_factory):
 @pytest.fixture(scope="module")
 def peer_rows(varied_bert, tmp_path_factory):
     out = tmp_path_factory.mktemp("ovpeers")
-    stages = [OpenVinoPeer(parent="source"), OpenVinoInt8Peer(parent="source"), TorchBf16Peer(parent="source")]
+    stages = [OpenVinoPeer(parent="source"), OpenVinoInt8Peer(parent="source"), TorchBf16Peer(parent="source"),
+              TorchBf16Peer(name="torch-bf16-emulated", parent="source", config=TorchBf16Config(emulated=True))]
     return {r.name: r for r in run_stages(varied_bert, stages, out)}
 
 
@@ -37,7 +38,10 @@ def test_peers_run_and_match_the_reference(peer_rows, varied_bert):
     batches = encode_batches(tok, texts, 8)
     ref = np.concatenate([load_predictor(src, 1)(e) for _, e in batches])
     scale = np.abs(ref).max()
-    for name, backend in (("openvino", "openvino-default"), ("torch-bf16", "pytorch+bf16")):
+    bf16 = peer_rows["torch-bf16"]
+    if not bf16.artifact.manifest["cpu_native_bf16"]:  # emulated bf16 is no peer anyone would pick: skipped
+        assert bf16.status == "skipped" and "no native bf16" in bf16.reason and "emulated: true" in bf16.reason
+    for name, backend in (("openvino", "openvino-default"), ("torch-bf16-emulated", "pytorch+bf16")):
         r = peer_rows[name]
         assert r.status == "ok" and r.row["peer"] is True, (name, r.reason)
         pred = load_predictor(r.artifact, 1)
@@ -49,7 +53,7 @@ def test_peers_run_and_match_the_reference(peer_rows, varied_bert):
     assert q.status == "ok" and q.row["accuracy"] is not None, q.reason
     assert 'type="FakeQuantize"' in (q.artifact.path / "openvino_model.xml").read_text()
     assert q.artifact.manifest["recipe"].startswith("OVQuantizer")
-    assert peer_rows["torch-bf16"].artifact.manifest["runtime"] == "torch-bf16"
+    assert peer_rows["torch-bf16-emulated"].artifact.manifest["runtime"] == "torch-bf16"
 
 
 def test_a_failing_peer_is_a_skipped_row_not_a_crash(tiny_bert_dir, tmp_path, monkeypatch):

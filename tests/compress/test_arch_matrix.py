@@ -246,9 +246,14 @@ def _module(node: str) -> str:
 
 
 def run_quantize_onnx_int8(mt, d, texts, tmp):
+    from chain.environment import int8_saturates
     from compress.onnx_quantize import quantize_onnx_int8
 
-    return _onnx_quantized(mt, d, texts, tmp, lambda s, o: quantize_onnx_int8(s, o, texts=texts))
+    def q(src, out):
+        report = quantize_onnx_int8(src, out, texts=texts)
+        assert report["reduce_range"] is int8_saturates()  # 7-bit weights exactly where 8-bit sums saturate
+        return report
+    return _onnx_quantized(mt, d, texts, tmp, q)
 
 
 def run_quantize_onnx_int4(mt, d, texts, tmp):
