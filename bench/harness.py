@@ -38,13 +38,17 @@ class MeasureConfig:
     device: str = "cpu"  # "cuda": CUDA-event timing with synchronisation
     isolation: str = "process"  # one worker process per model | "inprocess": all models in this process
     latency_block: int = 1  # consecutive batch-1 calls a model gets per turn of the rotation
+    # untimed batch-1 calls that start each turn: after the other models' turns a small model's
+    # weights are out of the caches, which inflated ORT int8's batch-1 p50 by 1.13x against it
+    # timed alone (docs/results/isolation-check-6-runtimes-2026-12-02.md); 0 = off
+    latency_turn_warmup: int = 1
     worker_timeout_s: float = 600.0  # a worker silent for this long is killed and its row fails
 
     def __post_init__(self) -> None:
         if min(self.threads, self.latency_calls, self.throughput_batches, self.throughput_rounds,
-               self.latency_block) < 1:
+               self.latency_block) < 1 or self.latency_turn_warmup < 0:
             raise ValueError("threads, latency_calls, throughput_batches, throughput_rounds and latency_block "
-                             f"must be >= 1: {self}")
+                             f"must be >= 1, latency_turn_warmup >= 0: {self}")
         if self.isolation not in ISOLATION:
             raise ValueError(f"isolation must be one of {ISOLATION}, got {self.isolation!r}")
         if self.worker_timeout_s <= 0:
@@ -109,7 +113,7 @@ def measure_in_workers(artifacts: list[Artifact], tokenizer, texts: list[str], c
         pool.send_inputs("b32", b32)
         if progress:
             progress("latency, batch 1")
-        lat = pool.time_rotation("b1", len(b1), cfg.warmup, cfg.latency_block, cfg.seed)
+        lat = pool.time_rotation("b1", len(b1), cfg.warmup, cfg.latency_block, cfg.seed, cfg.latency_turn_warmup)
         if progress:
             progress("throughput, batch 32")
         thr = pool.time_rotation("b32", len(b32) * cfg.throughput_rounds, min(len(b32), 3), 1, cfg.seed)
@@ -129,6 +133,7 @@ def measure_in_workers(artifacts: list[Artifact], tokenizer, texts: list[str], c
         row["load_s"] = s_round(info.load_s)
         row["first_call_ms"] = s_round(info.first_call_ms.get("b1", float("nan")))
         row["timing"] = {"mode": "process", "worker_pid": info.pid, "latency_block": cfg.latency_block,
+                         "latency_turn_warmup": cfg.latency_turn_warmup,
                          "omp_wait_policy": info.omp_wait_policy,
                          "first_call_ms_batch32": s_round(info.first_call_ms.get("b32", float("nan")))}
         out[a.name] = row
@@ -150,7 +155,7 @@ def measure_predictors(preds: dict[str, Predictor], tokenizer, texts: list[str],
             progress("latency, batch 1")
         lat = time_interleaved({n: (lambda i, p=p: p(b1[i % len(b1)])) for n, p in preds.items()},
                                n_calls=len(b1), warmup=cfg.warmup, shuffle_seed=cfg.seed, device=cfg.device,
-                               block=cfg.latency_block)
+                               block=cfg.latency_block, turn_warmup=cfg.latency_turn_warmup)
         if progress:
             progress("throughput, batch 32")
         thr = time_interleaved({n: (lambda i, p=p: p(b32[i % len(b32)])) for n, p in preds.items()},
@@ -160,6 +165,7 @@ def measure_predictors(preds: dict[str, Predictor], tokenizer, texts: list[str],
     for name in preds:
         row = speed_row(name, preds[name].backend, lat, thr, reference)
         row["timing"] = {"mode": "inprocess", "latency_block": cfg.latency_block,
+                         "latency_turn_warmup": cfg.latency_turn_warmup,
                          "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY")}
         out[name] = row
     return out

@@ -171,7 +171,8 @@ def timing_from_samples(samples_ms: dict[str, np.ndarray], threads: dict, peak_r
 
 
 def time_interleaved(fns: dict[str, Callable[[int], object]], n_calls: int, warmup: int = 5,
-                     shuffle_seed: int | None = 0, device: str = "cpu", block: int = 1) -> Timing:
+                     shuffle_seed: int | None = 0, device: str = "cpu", block: int = 1,
+                     turn_warmup: int = 0) -> Timing:
     """Call each ``fn(i)`` for i in range(n_calls), round-robin across variants.
 
     ``fn(i)`` gets the call index so every call can use a different real input; round
@@ -179,7 +180,9 @@ def time_interleaved(fns: dict[str, Callable[[int], object]], n_calls: int, warm
     (compilation, allocator and cache warm-up stay out of the samples). The order of
     variants is reshuffled each round (seeded) so none always runs first. A round gives
     each variant ``block`` consecutive calls (inputs ``k*block ..``), so a variant can be
-    timed with its own weights in the caches rather than right after another model's. On
+    timed with its own weights in the caches rather than right after another model's;
+    ``turn_warmup`` untimed calls (on the turn's first input) start each turn for the same
+    reason, without changing which inputs are timed. On
     ``device="cuda"`` each call is bracketed by CUDA events after a synchronize, and the
     peak CUDA memory allocated during each variant's calls is recorded.
     """
@@ -199,6 +202,8 @@ def time_interleaved(fns: dict[str, Callable[[int], object]], n_calls: int, warm
         if shuffle_seed is not None:
             rng.shuffle(order)
         for name in order:
+            for _ in range(turn_warmup):
+                fns[name](start)
             for i in range(start, min(start + block, n_calls)):
                 if cuda:
                     torch.cuda.reset_peak_memory_stats()

@@ -71,6 +71,13 @@ def _serve(conn, artifact_dir: str, threads: int, trust_remote_code: bool, devic
             import onnxruntime  # noqa: F401
         else:
             from transformers import AutoModelForSequenceClassification  # noqa: F401
+        # imports are most of a worker's start (transformers ~11 s on a 2-vCPU EPYC) and every
+        # worker runs them at once; the pool then asks for the loads one at a time
+        conn.send(("ok", "imported"))
+        op, *_ = conn.recv()
+        if op != "load":
+            conn.send(("ok", None))
+            return
         rss0, t0 = current_rss_mb(), time.perf_counter()
         pred = load_predictor(art, threads, trust_remote_code)
         load_s, load_rss = time.perf_counter() - t0, current_rss_mb() - rss0
@@ -191,11 +198,12 @@ class WorkerPool:
 
     def __enter__(self) -> "WorkerPool":
         try:
-            for name, art_dir in self.artifacts.items():
-                # one at a time, so each load_s is the model's own, not a contended figure
-                w = Worker(name, art_dir, self.threads, self.trc, self.device, self.timeout_s)
-                self.workers[name] = w
-                self._call(w, lambda w=w: _fill(w.info, w.reply()))
+            for name, art_dir in self.artifacts.items():  # every interpreter starts importing at once
+                self.workers[name] = Worker(name, art_dir, self.threads, self.trc, self.device, self.timeout_s)
+            for w in self.workers.values():
+                self._call(w, w.reply)
+            for name in self.alive:  # then one load at a time, so each load_s is the model's own
+                self._call(self.workers[name], lambda w=self.workers[name]: _fill(w.info, w.request("load")))
         except BaseException:
             self.close(graceful=False)
             raise
@@ -229,8 +237,9 @@ class WorkerPool:
             self._call(self.workers[n], lambda w=self.workers[n]: w.request("inputs", kind, batches))
 
     def time_rotation(self, kind: str, n_calls: int, warmup: int = 5, block: int = 1,
-                      shuffle_seed: int | None = 0) -> Timing:
-        """Like ``timing.time_interleaved``, over the workers: ``block`` calls per worker per turn.
+                      shuffle_seed: int | None = 0, turn_warmup: int = 0) -> Timing:
+        """Like ``timing.time_interleaved``, over the workers: ``block`` calls per worker per turn,
+        after ``turn_warmup`` untimed ones.
 
         The first warm-up call of each kind is kept as ``first_call_ms`` (the cold call a user
         pays once); warm-up calls are not samples.
@@ -250,6 +259,10 @@ class WorkerPool:
                 rng.shuffle(order)
             idx = list(range(start, min(start + block, n_calls)))
             for n in order:
+                if turn_warmup:  # the worker's weights back in the caches, as when it runs alone
+                    self._call(self.workers[n], lambda w=self.workers[n]: w.request("run", kind, idx[:1] * turn_warmup))
+                    if n in self.failed:
+                        continue
                 got = self._call(self.workers[n], lambda w=self.workers[n]: w.request("run", kind, idx))
                 if got is not None:
                     samples[n] += got

@@ -25,6 +25,7 @@ def tiny_run(tiny_bert_dir, tmp_path_factory):
     cfg = build_config(a)
     cfg.measure = MeasureConfig.quick(1)
     cfg.measure.latency_calls, cfg.measure.throughput_rounds = 40, 2  # machinery, not statistics
+    cfg.measure.isolation = "inprocess"  # rows, not isolation: 14 worker interpreters cost ~100 s here
     run_bench(cfg, log=lambda *_: None, quiet=True)
     return d / "out"
 

@@ -32,6 +32,24 @@ def test_blocks_of_calls_keep_round_inputs_paired():
     assert {n for n, i in calls[:6]} == {"a", "b"} and all(len(t.samples_ms[n]) == 7 for n in "ab")
 
 
+def test_turn_warmup_calls_start_each_turn_untimed(monkeypatch):
+    """Each turn begins with untimed calls on its first input; the timed samples are unchanged."""
+    import bench.timing as timing
+
+    clock, calls = FakeClock(), []
+
+    def fn(n, i):
+        calls.append((n, i))
+        clock.t += 1.0 if n == "a" else 2.0  # timed calls: a 1 s, b 2 s
+
+    monkeypatch.setattr(timing, "clock_for", lambda device: lambda: (lambda t0=clock.t: 1000 * (clock.t - t0)))
+    t = time_interleaved({n: (lambda i, n=n: fn(n, i)) for n in "ab"}, n_calls=4, warmup=0, block=2, turn_warmup=1)
+    turns = [calls[k:k + 3] for k in range(0, 12, 3)]
+    assert all(turn[0][1] == turn[1][1] and turn[1][1] + 1 == turn[2][1] for turn in turns)  # warm-up, then the block
+    assert sorted(i for n, i in calls if n == "a") == [0, 0, 1, 2, 2, 3]
+    assert t.samples_ms["a"].tolist() == [1000.0] * 4 and t.samples_ms["b"].tolist() == [2000.0] * 4
+
+
 class FakeClock:
     def __init__(self):
         self.t = 0.0

@@ -92,18 +92,24 @@ def test_inprocess_mode_keeps_the_schema(arts):
         assert lo <= r["speedup"]["latency_p50"] <= hi
 
 
-def test_pool_rotation_in_blocks(chain_dirs, started):
-    """Two workers (the same model under two names), 5 calls per turn: every input timed once each."""
+def test_pool_rotation_in_blocks(chain_dirs, started, monkeypatch):
+    """Two workers (the same model under two names), 5 calls per turn after 1 untimed one:
+    every input timed once each."""
     from bench.harness import timing_inputs
     from bench.worker import WorkerPool
     from chain.model import load_tokenizer
 
+    sent, request = [], Worker.request
+    monkeypatch.setattr(Worker, "request", lambda self, *msg: (sent.append((self.name, *msg)), request(self, *msg))[1])
     b1, _ = timing_inputs(load_tokenizer(Artifact.load(chain_dirs[0])), TEXTS, MeasureConfig(**SMALL))
     with WorkerPool({"a": chain_dirs[0], "b": chain_dirs[0]}, threads=1) as pool:
         pool.send_inputs("b1", b1)
-        t = pool.time_rotation("b1", n_calls=11, warmup=1, block=5)
+        t = pool.time_rotation("b1", n_calls=11, warmup=1, block=5, turn_warmup=1)
         assert pool.failed == {} and set(t.samples_ms) == {"a", "b"}
     assert all(len(t.samples_ms[n]) == 11 for n in "ab")
+    runs = [(n, idx) for n, op, *rest in sent if op == "run" for idx in rest[1:]]
+    a_runs = [idx for n, idx in runs if n == "a"]
+    assert a_runs == [[0], [0], [0, 1, 2, 3, 4], [5], [5, 6, 7, 8, 9], [10], [10]]  # first call, then per turn
     r = t.ratio("a", "b")
     assert r.ci95[0] <= r.value <= r.ci95[1]
     assert all(w.info.first_call_ms["b1"] > 0 and w.info.peak_rss_mb > 0 for w in started)

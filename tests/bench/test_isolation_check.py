@@ -12,26 +12,37 @@ from tests.conftest import REPO
 
 
 def test_isolation_check_on_tiny_models(tiny_bert_dir, tmp_path):
+    """Both 'together' modes against each model alone, over every runtime bench times (OpenVINO
+    of the ONNX, torch bf16 autocast where the CPU has bf16), in one build."""
+    from bench.isolation_check import MODELS
+    from compress.openvino import cpu_has_bf16
+
+    assert {"fp32", "int8", "onnx", "onnx-int8", "openvino", "torch-bf16"} <= set(MODELS)
     cfg = GateCheckConfig(work=tmp_path, model=str(tiny_bert_dir), eval_examples=16,
                           measure=MeasureConfig(threads=1, latency_calls=10, throughput_batches=1,
                                                 throughput_rounds=2, warmup=2))
     s = run_isolation_check(cfg, repeats=1, log=lambda *_: None, modes=("process", "inprocess"),
-                            models=("fp32", "onnx-int8"))
+                            models=("fp32", "onnx-int8", "openvino", "torch-bf16"))
+    # OpenVINO is installed with chainpress: it must be timed; torch bf16 only where it is native
+    expected = ["fp32", "onnx-int8", "openvino"] + (["torch-bf16"] if cpu_has_bf16() else [])
+    assert s["models"] == expected
     assert s["modes"] == ["process", "inprocess"] and set(s["passed_by_mode"]) == {"process", "inprocess"}
     for mode in s["modes"]:
-        for n in ("fp32", "onnx-int8"):
+        for n in expected:
             for metric in ("p50_ms", "samples_per_s"):
                 assert len(s["ratios"][mode][n][metric]) == 1 and s["ratios"][mode][n][metric][0] > 0
     run = s["runs"][0]  # one fresh process per 'together' mode and per model alone, each saying how it timed
-    assert {k for k in run if k != "loadavg_1m"} == {"together:process", "together:inprocess", "alone:fp32",
-                                                    "alone:onnx-int8"}
+    assert {k for k in run if k != "loadavg_1m"} == {"together:process", "together:inprocess",
+                                                    *(f"alone:{n}" for n in expected)}
     assert run["together:process"]["fp32"]["timing"]["mode"] == "process"
+    assert run["together:process"]["fp32"]["timing"]["latency_turn_warmup"] == 1
     assert run["together:inprocess"]["fp32"]["timing"]["mode"] == "inprocess"
-    assert run["alone:onnx-int8"]["onnx-int8"]["timing"]["mode"] == "inprocess"
+    assert all(run[f"alone:{n}"][n]["timing"]["mode"] == "inprocess" for n in expected)
     saved = json.loads((tmp_path / "isolation_check.json").read_text())
     assert saved["median_ratios"] == s["median_ratios"]
     md = markdown(s, "python -m bench.isolation_check")
-    assert md.count("| process |") == 4 and md.count("| inprocess |") == 4 and "within 10%" in md
+    rows = 2 * len(expected)  # a latency and a throughput row per model and mode
+    assert md.count("| process |") == rows and md.count("| inprocess |") == rows and "within 10%" in md
     assert md.count("| onnx-int8 | latency p50 |") == 3 and "process / inprocess, per repeat" in md
 
 
@@ -46,19 +57,3 @@ def test_rejects_unknown_modes_and_models(tmp_path):
         run_isolation_check(GateCheckConfig(work=tmp_path), modes=("thread",))
     with pytest.raises(ValueError, match="models among"):
         run_isolation_check(GateCheckConfig(work=tmp_path), models=("fp16",))
-
-
-def test_isolation_check_covers_openvino_and_torch_bf16(tiny_bert_dir, tmp_path):
-    """Every runtime bench times has a model here: OpenVINO of the ONNX and torch bf16 autocast too."""
-    from bench.isolation_check import MODELS
-
-    assert {"fp32", "int8", "onnx", "onnx-int8", "openvino", "torch-bf16"} <= set(MODELS)
-    cfg = GateCheckConfig(work=tmp_path, model=str(tiny_bert_dir), eval_examples=16,
-                          measure=MeasureConfig(threads=1, latency_calls=8, throughput_batches=1,
-                                                throughput_rounds=2, warmup=2))
-    s = run_isolation_check(cfg, repeats=1, log=lambda *_: None, modes=("process",),
-                            models=("onnx", "openvino", "torch-bf16"))
-    assert "openvino" in s["models"]  # OpenVINO is installed with chainpress: it must be timed
-    for n in s["models"]:
-        assert s["ratios"]["process"][n]["p50_ms"][0] > 0
-        assert s["runs"][0][f"alone:{n}"][n]["timing"]["mode"] == "inprocess"
