@@ -1,5 +1,6 @@
 """The pytest-benchmark micro-benchmarks (benchmarks/) still run, and their gate fails on a regression."""
 import json
+import os
 import subprocess
 import sys
 
@@ -7,8 +8,10 @@ from tests.conftest import REPO
 
 
 def _pytest(*args, cwd=REPO):
+    # under pytest-xdist its worker variables would make pytest-benchmark disable itself in the child
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PYTEST_XDIST")}
     return subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", *args], cwd=cwd,
-                          capture_output=True, text=True, timeout=600)
+                          capture_output=True, text=True, timeout=600, env=env)
 
 
 def test_micro_benchmarks_run_and_gate(tmp_path):
