@@ -154,6 +154,9 @@ def main(argv=None, prog: str = "python -m bench.isolation_check") -> int:
     p.add_argument("--repeats", type=positive_int, default=5)
     p.add_argument("--threads", type=positive_int, default=2, metavar="N", help="intra-op threads (default: 2)")
     p.add_argument("--latency-calls", type=positive_int, default=300)
+    # 4x3 batch-32 calls per process left throughput ratios at 0.83-1.26 between repeats on a
+    # quiet 2-vCPU EPYC (docs/results/isolation-check-6-runtimes-2026-12-02.md)
+    p.add_argument("--throughput-rounds", type=positive_int, default=3, help="rounds of 4 batches of 32 (default: 3)")
     p.add_argument("--report", type=Path, help="also write the Markdown table here")
     p.add_argument("--worker", nargs="+", help=argparse.SUPPRESS)
     a = p.parse_args(argv)
@@ -169,7 +172,7 @@ def main(argv=None, prog: str = "python -m bench.isolation_check") -> int:
 
 def _check(a, argv) -> int:
     measure = MeasureConfig(threads=a.threads, latency_calls=a.latency_calls, throughput_batches=4,
-                            throughput_rounds=3, warmup=5)
+                            throughput_rounds=a.throughput_rounds, warmup=5)
     modes = ISOLATION if a.mode == "both" else (a.mode,)
     cfg = GateCheckConfig(work=a.output, model=a.model, measure=replace(measure, isolation=modes[0]))
     summary = run_isolation_check(cfg, a.repeats, modes=modes, models=tuple(a.models))

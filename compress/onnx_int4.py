@@ -1,9 +1,10 @@
 """Weight-only int4 ONNX: MatMul -> com.microsoft.MatMulNBits, from chainpress' Int4Weight.
 
-The weights are quantized once by ``compress.formats.quantize_int4`` (the format the
-Triton int4 GEMM reads) and written into the graph as-is: ``Int4Weight.qweight`` is
-MatMulNBits' B, ``scales`` and ``zeros`` its scales and packed zero points, so
-PyTorch, ONNX Runtime and the kernels run bit-identical codes. The word-embedding
+The weights are quantized once into ``compress.formats.Int4Weight`` (the format the
+Triton int4 GEMM reads), by GPTQ on calibration sentences (``compress.gptq``, the
+default) or by rounding (``quantize_int4``, ``method: rtn``), and written into the graph
+as-is: ``Int4Weight.qweight`` is MatMulNBits' B, ``scales`` and ``zeros`` its scales and
+packed zero points, so PyTorch, ONNX Runtime and the kernels can run bit-identical codes. The word-embedding
 Gather can also go to 4 bits (ORT's ``GatherBlockQuantized``, via its own quantizer:
 there is no Triton counterpart to share a format with).
 
@@ -22,6 +23,7 @@ import numpy as np
 import torch
 
 from .formats import Int4Weight, quantize_int4
+from .gptq import gptq_int4
 from .onnx_quantize import copy_aux
 
 
@@ -31,11 +33,22 @@ class OrtInt4Config:
     accuracy_level: int = 4  # MatMulNBits: 4 = int8 activations on CPU (fast), 0 = fp32 compute
     embeddings: bool = True  # 4-bit word embeddings (GatherBlockQuantized)
     exclude: tuple[str, ...] = ()  # MatMul node names kept in fp32 (e.g. from a sensitivity report)
+    # "gptq": codes that minimise the error on calibration inputs (compress/gptq.py), "rtn":
+    # round each weight to nearest. Fine-tuned MiniLM on SST-2, 4-bit embeddings too: argmax
+    # agreement with fp32 0.978 -> 0.990 on dev, 0.976 -> 0.985 on test (24 s to quantize, not
+    # 2); tiny random models' margin correlation rose on 11 of 12 (docs/support-matrix.md)
+    method: str = "gptq"
+    calibration_samples: int = 128  # train-split sentences for GPTQ's Hessians
+    damp: float = 0.01  # GPTQ: fraction of the mean Hessian diagonal added for stability
 
     def __post_init__(self) -> None:
         quantize_int4(torch.zeros(1, self.group_size), self.group_size)  # validates group_size
         if self.accuracy_level not in (0, 1, 2, 3, 4):
             raise ValueError(f"accuracy_level must be 0..4, got {self.accuracy_level}")
+        if self.method not in ("gptq", "rtn"):
+            raise ValueError(f"method must be 'gptq' or 'rtn', got {self.method!r}")
+        if self.calibration_samples < 1 or not 0 < self.damp < 1:
+            raise ValueError("calibration_samples must be >= 1 and damp in (0, 1)")
         self.exclude = tuple(self.exclude)
 
 
@@ -61,7 +74,32 @@ def matmulnbits_node(name: str, a: str, out: str, w: Int4Weight, graph, helper) 
                             K=k, N=n, bits=4, block_size=g)
 
 
-def quantize_onnx_int4(src_dir: Path, out_dir: Path, config: OrtInt4Config = OrtInt4Config()) -> dict:
+def _hessians(model, src_dir: Path, out_dir: Path, texts: list[str], inputs: list[str],
+              embedding_block: int | None) -> dict:
+    """GPTQ's input Hessians of the prepared graph's MatMuls on ``texts``, seen through the
+    4-bit embeddings when they will be 4-bit (``embedding_block``): on calibration inputs of the
+    fp32 graph, GPTQ int4 of a tiny random ELECTRA agreed with its parent on 0.766 of the
+    sentences (round-to-nearest: 0.891)."""
+    import onnx
+    from transformers import AutoTokenizer
+
+    from chain.predict import encode_batches
+    from .gptq import matmul_hessians
+
+    tmp = out_dir / "_calibration.onnx"
+    onnx.save(model, str(tmp))
+    try:
+        if embedding_block:
+            quantize_gathers(tmp, embedding_block)
+        batches = [enc for _, enc in encode_batches(AutoTokenizer.from_pretrained(src_dir), texts, 16)]
+        return matmul_hessians(tmp, sorted(set(inputs)), batches)
+    finally:
+        tmp.unlink()
+
+
+def quantize_onnx_int4(src_dir: Path, out_dir: Path, config: OrtInt4Config = OrtInt4Config(),
+                       calib_texts: list[str] | None = None) -> dict:
+    """MatMulNBits for every body MatMul; ``calib_texts`` (train sentences) are GPTQ's calibration."""
     import json
 
     import onnx
@@ -82,6 +120,12 @@ def quantize_onnx_int4(src_dir: Path, out_dir: Path, config: OrtInt4Config = Ort
     for node in graph.node:
         for i in node.input:
             uses[i] = uses.get(i, 0) + 1
+    if config.method == "gptq" and not calib_texts:
+        raise ValueError("int4 method 'gptq' needs calibration sentences; pass calib_texts or set method: rtn")
+    hessians = _hessians(model, src_dir, out_dir, calib_texts, [n.input[0] for n in graph.node if n.op_type == "MatMul"
+                                                                 and len(n.input) == 2 and n.input[1] in inits],
+                         config.group_size if config.embeddings else None) \
+        if config.method == "gptq" else {}
     new_nodes, replaced, reasons = [], [], {}
     for node in graph.node:
         w_name = node.input[1] if node.op_type == "MatMul" and len(node.input) == 2 else None
@@ -101,7 +145,9 @@ def quantize_onnx_int4(src_dir: Path, out_dir: Path, config: OrtInt4Config = Ort
                 reasons[node.name] = why
             new_nodes.append(node)
             continue
-        w = quantize_int4(torch.from_numpy(numpy_helper.to_array(init).T.copy()), config.group_size)  # (N, K)
+        weight = torch.from_numpy(numpy_helper.to_array(init).T.copy())  # (N, K)
+        w = (gptq_int4(weight, hessians[node.input[0]], config.group_size, config.damp) if hessians
+             else quantize_int4(weight, config.group_size))
         nb = matmulnbits_node(node.name or w_name, node.input[0], node.output[0], w, graph, helper)
         nb.attribute.append(helper.make_attribute("accuracy_level", config.accuracy_level))
         new_nodes.append(nb)
@@ -115,7 +161,8 @@ def quantize_onnx_int4(src_dir: Path, out_dir: Path, config: OrtInt4Config = Ort
         model.opset_import.append(helper.make_opsetid("com.microsoft", 1))
     out = out_dir / "model.onnx"
     onnx.save(model, str(out))
-    report = {"int4_matmuls": len(replaced), "group_size": config.group_size, **prep}
+    report = {"int4_matmuls": len(replaced), "group_size": config.group_size, "method": config.method,
+              **({"calibration_samples": len(calib_texts)} if hessians else {}), **prep}
     if config.embeddings:
         report["int4_gathers"] = quantize_gathers(out, config.group_size)
     else:

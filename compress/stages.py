@@ -134,10 +134,16 @@ class QuantizeOnnxInt4(Stage):
     name: str = "onnx-int4"
     parent: str | None = None
 
+    @classmethod
+    def task_needed(cls, config) -> bool:
+        return getattr(config, "method", "gptq") == "gptq"  # GPTQ calibrates on the task's train split
+
     def run(self, parent: Artifact, out_dir: Path, ctx: RunContext) -> dict:
         _require(parent, "onnx", self.name)
+        cfg = self.config
+        texts = calibration_texts(ctx, self.name, cfg.calibration_samples) if cfg.method == "gptq" else None
         return {"format": "onnx", **carry_heads(parent),
-                **quantize_onnx_int4(parent.path, out_dir, self.config)}
+                **quantize_onnx_int4(parent.path, out_dir, cfg, texts)}
 
 
 @register_stage("quantize_onnx_static_int8")

@@ -26,7 +26,8 @@ def test_matmulnbits_equals_our_dequantized_weights(tmp_path, k, n, group):
     w = np.random.randn(k, n).astype(np.float32)
     _matmul_model(src / "model.onnx", w)
     (src / "config.json").write_text('{"model_type": "bert"}')  # the architecture declaration to read
-    report = quantize_onnx_int4(src, out, OrtInt4Config(group_size=group, accuracy_level=0, embeddings=False))
+    report = quantize_onnx_int4(src, out, OrtInt4Config(group_size=group, accuracy_level=0, embeddings=False,
+                                                              method="rtn"))
     assert report["int4_matmuls"] == 1
     ops = [nd.op_type for nd in onnx.load(str(out / "model.onnx")).graph.node]
     assert ops == ["MatMulNBits"]
