@@ -70,10 +70,10 @@ def matmul_hessians(model_path: Path, inputs: list[str], batches: list[dict]) ->
     out: dict[str, torch.Tensor] = {}
     for enc in batches:
         got = sess.run(inputs, {k: v for k, v in enc.items() if k in feeds})
-        mask = enc["attention_mask"].reshape(-1).astype(bool)
+        mask = enc["attention_mask"].reshape(-1).astype(bool) if "attention_mask" in enc else None
         for name, x in zip(inputs, got):
             x = torch.from_numpy(np.ascontiguousarray(x, dtype=np.float64)).reshape(-1, x.shape[-1])
-            if x.shape[0] == mask.size:  # (batch, seq, K): padding rows are no real input
+            if mask is not None and x.shape[0] == mask.size:  # (batch, seq, K): padding rows are no real input
                 x = x[torch.from_numpy(mask)]
             out[name] = out.get(name, 0) + x.T @ x
     return out

@@ -4,8 +4,8 @@ The weights are quantized once into ``compress.formats.Int4Weight`` (the format 
 Triton int4 GEMM reads), by GPTQ on calibration sentences (``compress.gptq``, the
 default) or by rounding (``quantize_int4``, ``method: rtn``), and written into the graph
 as-is: ``Int4Weight.qweight`` is MatMulNBits' B, ``scales`` and ``zeros`` its scales and
-packed zero points, so PyTorch, ONNX Runtime and the kernels can run bit-identical codes. The word-embedding
-Gather can also go to 4 bits (ORT's ``GatherBlockQuantized``, via its own quantizer:
+packed zero points, so PyTorch, ONNX Runtime and the kernels can run bit-identical codes.
+The word-embedding Gather can also go to 4 bits (ORT's ``GatherBlockQuantized``, via its own quantizer:
 there is no Triton counterpart to share a format with).
 
 Before quantizing, ``onnx_graph.prepare`` makes every weight a visible ``MatMul`` (Gemm and
