@@ -123,6 +123,8 @@ def predict_main(argv: list[str] | None = None) -> int:
     p.add_argument("--batch-size", type=positive_int, default=32)
     p.add_argument("--no-bucketing", action="store_true", help="batch in file order (no length sorting)")
     p.add_argument("--max-rows", type=positive_int, help="only the first N rows")
+    p.add_argument("--task", action="append", metavar="NAME", help="a multi-task bundle's head to predict "
+                   "(repeat for several; default or 'all': every head, as pred_<task>_* columns)")
     p.add_argument("--ray", metavar="ADDRESS", help="run the model calls on Ray Data: 'local' (a Ray started "
                    "here), 'auto' (this node's cluster) or ray://host:10001; needs pip install 'chainpress[ray]'")
     p.add_argument("--ray-workers", type=positive_int, default=1, help="--ray: model actors (one model each)")
@@ -136,7 +138,8 @@ def predict_main(argv: list[str] | None = None) -> int:
         cfg = PredictConfig(bundle=args.bundle, input=args.input, output=str(args.output),
                             text_column=args.text_column, batch_size=args.batch_size,
                             bucketing=not args.no_bucketing, threads=args.threads or default_threads(),
-                            progress=not args.quiet, max_rows=args.max_rows)
+                            progress=not args.quiet, max_rows=args.max_rows,
+                            tasks=tuple(args.task) if args.task else None)
         if args.ray:
             from .predict_ray import predict_ray
 

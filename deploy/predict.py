@@ -44,6 +44,9 @@ class PredictConfig:
     threads: int = 2
     progress: bool = True
     max_rows: int | None = None
+    # heads of a multi-task bundle to write (None or ("all",): every head, own task first);
+    # one head: plain pred_label/pred_score columns; several: pred_<task>_label, ...
+    tasks: tuple[str, ...] | None = None
 
     def __post_init__(self) -> None:
         if self.batch_size < 1:
@@ -51,6 +54,30 @@ class PredictConfig:
         for p in (self.input, self.output):
             if Path(p).suffix.lower() not in FORMATS:
                 raise SpecError(f"{p}: unknown file type; use .csv, .tsv or .jsonl")
+        if self.tasks is not None:
+            self.tasks = tuple(self.tasks)
+            if not self.tasks or len(set(self.tasks)) != len(self.tasks):
+                raise SpecError(f"--task: give each head once, or 'all' (got {list(self.tasks)})")
+
+
+def select_heads(bundle: Bundle, tasks: tuple[str, ...] | None) -> dict[str, list[str]]:
+    """{task: labels} of the heads to predict, in the bundle's order (own task first)."""
+    own = bundle.task or "default"
+    heads = {t: list(h["labels"]) for t, h in bundle.tasks.items()} or {own: list(bundle.labels)}
+    if tasks is None or tasks == ("all",):
+        return heads
+    unknown = [t for t in tasks if t not in heads]
+    if unknown:
+        raise SpecError(f"--task {', '.join(unknown)}: the bundle has no such head; its heads: {', '.join(heads)}")
+    return {t: heads[t] for t in heads if t in tasks}
+
+
+def head_probabilities(clf: Classifier, texts: list[str], heads: dict[str, list[str]]) -> np.ndarray:
+    """The chosen heads' probabilities side by side, from one encoder pass."""
+    if not clf.tasks:
+        return clf.probabilities(texts)
+    probs = clf.task_probabilities(texts)
+    return np.concatenate([probs[t] for t in heads], axis=-1)
 
 
 def read_rows(path: Path, text_column: str | None, max_rows: int | None = None) -> tuple[list[dict], str]:
@@ -108,7 +135,8 @@ def _load_partial(path: Path, key: dict) -> dict[int, list[float]]:
         return {}
     head = json.loads(lines[0])
     if head != key:
-        raise DataError(f"{path} was written for another input, model or text column; delete it to start over")
+        raise DataError(f"{path} was written for another input, model, text column or set of heads; "
+                        "delete it to start over")
     done = {}
     for line in lines[1:]:
         try:
@@ -129,6 +157,7 @@ class Job:
     part: Path
     key: dict
     done: dict[int, list[float]]
+    heads: dict[str, list[str]]  # task -> labels, what each row's probabilities hold side by side
 
     @classmethod
     def open(cls, cfg: PredictConfig) -> "Job":
@@ -140,10 +169,11 @@ class Job:
         clash = [c for c in rows[0] if c.startswith("pred_")]
         if clash:
             raise DataError(f"input columns {clash} clash with the output's pred_* columns; rename them")
+        heads = select_heads(bundle, cfg.tasks)
         key = {"input_sha256": sha256_file(inp), "model_sha256": _model_sha256(bundle.model_file),
-               "text_column": col, "max_rows": cfg.max_rows}
+               "text_column": col, "max_rows": cfg.max_rows, **({"tasks": list(heads)} if bundle.tasks else {})}
         part = _partial(out)
-        return cls(bundle, rows, [r[col] for r in rows], out, part, key, _load_partial(part, key))
+        return cls(bundle, rows, [r[col] for r in rows], out, part, key, _load_partial(part, key), heads)
 
     def start(self):
         """The partial file, opened for appending (a fresh one starts with the key line)."""
@@ -167,14 +197,15 @@ class Job:
         if missing := len(self.texts) - len(self.done):
             raise DataError(f"{missing} rows came back without predictions; rerun the same command to resume")
         probs = np.asarray([self.done[i] for i in range(len(self.texts))], dtype=np.float32)
-        write_output(self.out, self.rows, probs, self.bundle.labels)
+        write_output(self.out, self.rows, probs, self.heads)
         self.part.unlink()
         computed = len(self.texts) - resumed
         return {"rows": len(self.texts), "resumed_rows": resumed, "computed_rows": computed,
                 "seconds": round(time.perf_counter() - t0, 3), "model_seconds": round(model_s, 3),
                 "texts_per_s": round(computed / model_s, 1) if model_s > 0 and computed else None,
                 "bucketing": cfg.bucketing, "batch_size": cfg.batch_size, "output": str(self.out),
-                "padded_tokens": padded_tokens(lengths, cfg.batch_size, cfg.bucketing), "tokens": int(sum(lengths))}
+                "padded_tokens": padded_tokens(lengths, cfg.batch_size, cfg.bucketing), "tokens": int(sum(lengths)),
+                "tasks": list(self.heads)}
 
 
 def predict(cfg: PredictConfig) -> dict:
@@ -191,7 +222,7 @@ def predict(cfg: PredictConfig) -> dict:
                                 disable=not cfg.progress, desc="predict") as bar:
         t_model = time.perf_counter()
         for k, b in enumerate(todo):
-            job.append(f, b, clf.probabilities([job.texts[i] for i in b]))
+            job.append(f, b, head_probabilities(clf, [job.texts[i] for i in b], job.heads))
             bar.update(len(b))
             pause_point(f"predict:batch:{k + 1}")  # crash tests stop here (chain/faults.py)
         model_s = time.perf_counter() - t_model
@@ -203,25 +234,42 @@ def padded_tokens(lengths: list[int], batch_size: int, bucketing: bool) -> int:
     return int(sum(len(b) * max(lengths[i] for i in b) for b in batches(lengths, batch_size, bucketing)))
 
 
-def write_output(out: Path, rows: list[dict], probs: np.ndarray, labels: list[str]) -> None:
-    """Input rows plus ``pred_label``, ``pred_score`` (top probability) and per-label scores,
-    in input order (a gold ``label`` column in the input is kept as it was)."""
+def _columns(rows: np.ndarray, heads: dict[str, list[str]]) -> dict:
+    """One row's ``pred_*`` fields: plain names for one head, ``pred_<task>_*`` for several."""
+    out, i = {}, 0
+    for task, labels in heads.items():
+        p, i = rows[i:i + len(labels)], i + len(labels)
+        pre = "pred_" if len(heads) == 1 else f"pred_{task}_"
+        k = int(p.argmax())
+        out.update({f"{pre}label": labels[k], f"{pre}score": float(p[k]),
+                    f"{pre}scores": dict(zip(labels, map(float, p)))})
+    return out
+
+
+def write_output(out: Path, rows: list[dict], probs: np.ndarray, heads: dict[str, list[str]]) -> None:
+    """Input rows plus, per head, ``pred_label``, ``pred_score`` (top probability) and per-label
+    scores, in input order (a gold ``label`` column in the input is kept as it was)."""
     tmp = out.with_name(f".{out.name}.tmp")
-    top = probs.argmax(-1)
     delim = FORMATS[out.suffix.lower()]
     with tmp.open("w", encoding="utf-8", newline="") as f:
         if delim is None:
-            for r, k, p in zip(rows, top, probs):
-                f.write(json.dumps({**r, "pred_label": labels[int(k)], "pred_score": float(p[k]),
-                                    "pred_scores": dict(zip(labels, map(float, p)))}, ensure_ascii=False) + "\n")
+            for r, p in zip(rows, probs):
+                f.write(json.dumps({**r, **_columns(p, heads)}, ensure_ascii=False) + "\n")
         else:
-            fields = list(rows[0]) + ["pred_label", "pred_score"] + [f"pred_score_{lab}" for lab in labels]
-            w = csv.DictWriter(f, fieldnames=fields, delimiter=delim, extrasaction="ignore",
+            def flat(p):  # CSV: the per-label scores as pred[_task]_score_<label> columns
+                cols = {}
+                for k, v in _columns(p, heads).items():
+                    if k.endswith("_scores"):
+                        cols.update({f"{k[:-1]}_{lab}": f"{x:.6f}" for lab, x in v.items()})
+                    else:
+                        cols[k] = f"{v:.6f}" if isinstance(v, float) else v
+                return cols
+            first = flat(probs[0])
+            w = csv.DictWriter(f, fieldnames=list(rows[0]) + list(first), delimiter=delim, extrasaction="ignore",
                                quoting=csv.QUOTE_MINIMAL, lineterminator="\n")
             w.writeheader()
-            for r, k, p in zip(rows, top, probs):
-                w.writerow({**r, "pred_label": labels[int(k)], "pred_score": f"{p[k]:.6f}",
-                            **{f"pred_score_{lab}": f"{x:.6f}" for lab, x in zip(labels, p)}})
+            for r, p in zip(rows, probs):
+                w.writerow({**r, **flat(p)})
         f.flush()
         os.fsync(f.fileno())
     os.replace(tmp, out)

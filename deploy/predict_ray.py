@@ -22,19 +22,20 @@ import numpy as np
 from chain.errors import SpecError
 
 from .bundle import Bundle
-from .predict import Job, PredictConfig, batches
+from .predict import Job, PredictConfig, batches, head_probabilities
 
 
 class BundlePredictor:
     """A Ray Data actor: one bundle loaded once, then probabilities per batch of texts."""
 
-    def __init__(self, bundle: str, threads: int):
+    def __init__(self, bundle: str, threads: int, heads: dict[str, list[str]]):
         from deploy.runtime import Classifier
 
         self.clf = Classifier(Bundle.load(bundle, verify=False), threads=threads)
+        self.heads = heads
 
     def __call__(self, batch: dict) -> dict:
-        probs = self.clf.probabilities([str(t) for t in batch["text"]])
+        probs = head_probabilities(self.clf, [str(t) for t in batch["text"]], self.heads)
         return {"i": np.asarray(batch["i"], dtype=np.int64), "p": probs.astype(np.float32)}
 
 
@@ -83,7 +84,7 @@ def predict_ray(cfg: PredictConfig, address: str = "local", workers: int = 1) ->
             ds = ds.map_batches(BundlePredictor, batch_size=cfg.batch_size, batch_format="numpy",
                                 compute=ray.data.ActorPoolStrategy(size=workers),
                                 fn_constructor_kwargs={"bundle": str(job.bundle.path.resolve()),
-                                                       "threads": cfg.threads},
+                                                       "threads": cfg.threads, "heads": job.heads},
                                 num_cpus=cfg.threads)
             for b in ds.iter_batches(batch_size=None, batch_format="numpy"):
                 job.append(f, b["i"], b["p"])

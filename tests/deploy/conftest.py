@@ -95,6 +95,29 @@ assert not bad, bad
 """
 
 
+@pytest.fixture(scope="session")
+def mt_bundle(tmp_path_factory, sst2):
+    """(multi-task bundle: SST-2 own + Subj + TREC heads of a tiny BERT, its single-task twin)."""
+    from tests.compress.multihead_models import save_multihead
+    from chain.artifact import write_manifest
+    from compress.onnx_export import OnnxExportConfig, export_onnx
+    from deploy.export import export
+
+    root = tmp_path_factory.mktemp("mt")
+    hf = save_multihead(root / "sst2")
+    onnx_dir = root / "onnx"
+    report = export_onnx(hf, onnx_dir, sst2.load("dev").texts[:16], OnnxExportConfig())
+    write_manifest(onnx_dir, stage="onnx", stage_type="export_onnx", format="onnx", num_labels=2,
+                   task=sst2.to_dict(), parent=str(hf), **report)
+    export(onnx_dir, root / "bundle", "bundle")
+    single = root / "single"
+    export_onnx(hf, single, sst2.load("dev").texts[:16], OnnxExportConfig(multitask=False))
+    write_manifest(single, stage="onnx", stage_type="export_onnx", format="onnx", num_labels=2,
+                   task=sst2.to_dict(), parent=str(hf))
+    export(single, root / "single-bundle", "bundle")
+    return root / "bundle", root / "single-bundle"
+
+
 def run_standalone(script: str, *args: str, timeout: float = 120) -> dict:
     """Run ``script`` in a fresh interpreter where chainpress cannot be imported; it must
     print one JSON line (its last line of output)."""

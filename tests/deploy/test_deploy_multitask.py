@@ -1,6 +1,7 @@
-"""A multi-task bundle served: the request names the head, or gets every head's answer.
+"""A multi-task bundle served and batch-predicted: the request (or ``--task``) names the head,
+or gets every head's answer.
 
-The bundle comes from a tiny BERT carrying SST-2 (own), Subj and TREC heads, exported to
+The bundle (``mt_bundle`` in conftest.py) comes from a tiny BERT carrying SST-2 (own), Subj and TREC heads, exported to
 one ONNX graph with one output per task. Every answer is checked against the graph run
 directly (each head's own output), and against a single-task bundle of the same model
 for the own head, so a server that answers with the wrong head fails.
@@ -11,31 +12,8 @@ import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 
-from tests.compress.multihead_models import save_multihead
-
 TREC = ["DESC", "ENTY", "ABBR", "HUM", "LOC", "NUM"]
 TEXTS = ["What is the capital of France ?", "a gripping, beautifully acted film", "dull and far too long"]
-
-
-@pytest.fixture(scope="module")
-def mt_bundle(tmp_path_factory, sst2):
-    from chain.artifact import write_manifest
-    from compress.onnx_export import OnnxExportConfig, export_onnx
-    from deploy.export import export
-
-    root = tmp_path_factory.mktemp("mt")
-    hf = save_multihead(root / "sst2")
-    onnx_dir = root / "onnx"
-    report = export_onnx(hf, onnx_dir, sst2.load("dev").texts[:16], OnnxExportConfig())
-    write_manifest(onnx_dir, stage="onnx", stage_type="export_onnx", format="onnx", num_labels=2,
-                   task=sst2.to_dict(), parent=str(hf), **report)
-    export(onnx_dir, root / "bundle", "bundle")
-    single = root / "single"
-    export_onnx(hf, single, sst2.load("dev").texts[:16], OnnxExportConfig(multitask=False))
-    write_manifest(single, stage="onnx", stage_type="export_onnx", format="onnx", num_labels=2,
-                   task=sst2.to_dict(), parent=str(hf))
-    export(single, root / "single-bundle", "bundle")
-    return root / "bundle", root / "single-bundle"
 
 
 def _direct(bundle_dir, output: str, texts) -> np.ndarray:
@@ -128,3 +106,67 @@ def test_unknown_task_is_one_line_400(client):
     req = {"inputs": [{"name": "text", "datatype": "BYTES", "shape": [1], "data": ["x"]}], "parameters": {"task": 3}}
     r = client.post("/v2/models/mt/infer", json=req)
     assert r.status_code == 400 and "task" in r.json()["error"]
+
+
+def _predict(bundle_dir, tmp_path, name: str, tasks=None):
+    from deploy.predict import PredictConfig, predict
+
+    src = tmp_path / "in.tsv"
+    src.write_text("sentence\tlabel\n" + "".join(f"{t}\tgold\n" for t in TEXTS))
+    out = tmp_path / name
+    res = predict(PredictConfig(str(bundle_dir), str(src), str(out), progress=False, tasks=tasks))
+    return res, out
+
+
+def test_batch_predict_writes_every_head_from_one_pass(mt_bundle, tmp_path):
+    import json
+
+    res, out = _predict(mt_bundle[0], tmp_path, "all.jsonl")
+    assert res["tasks"] == ["sst2", "subj", "trec"]
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    assert [r["sentence"] for r in rows] == TEXTS and all(r["label"] == "gold" for r in rows)  # input order, gold kept
+    for task, output in (("sst2", "logits"), ("subj", "logits_subj"), ("trec", "logits_trec")):
+        want = _direct(mt_bundle[0], output, TEXTS)
+        got = np.array([list(r[f"pred_{task}_scores"].values()) for r in rows])
+        np.testing.assert_allclose(got, want, atol=1e-5)
+        labels = list(rows[0][f"pred_{task}_scores"])
+        assert [r[f"pred_{task}_label"] for r in rows] == [labels[k] for k in want.argmax(-1)]
+    assert list(rows[0]["pred_trec_scores"]) == TREC and "pred_label" not in rows[0]
+
+
+def test_batch_predict_one_head_has_plain_columns(mt_bundle, tmp_path):
+    import csv
+
+    res, out = _predict(mt_bundle[0], tmp_path, "trec.csv", tasks=("trec",))
+    rows = list(csv.DictReader(out.open()))
+    want = _direct(mt_bundle[0], "logits_trec", TEXTS)
+    assert res["tasks"] == ["trec"] and [r["pred_label"] for r in rows] == [TREC[k] for k in want.argmax(-1)]
+    got = np.array([[float(r[f"pred_score_{lab}"]) for lab in TREC] for r in rows])
+    np.testing.assert_allclose(got, want, atol=1e-5)
+    assert not any(k.startswith("pred_sst2") for k in rows[0])
+
+
+def test_batch_predict_refuses_an_unknown_head_and_a_partial_for_other_heads(mt_bundle, tmp_path):
+    import json
+    import subprocess
+    import sys
+
+    from chain.errors import DataError
+
+    src = tmp_path / "in.tsv"
+    src.write_text("sentence\n" + "".join(f"{t}\n" for t in TEXTS))
+    r = subprocess.run([sys.executable, "-m", "deploy", "predict", str(mt_bundle[0]), "--input", str(src),
+                        "--output", str(tmp_path / "o.csv"), "--task", "sst5", "--quiet"],
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1, r.stderr
+    assert "no such head" in r.stderr and "sst2, subj, trec" in r.stderr
+    # a partial file written for every head must not be resumed as the subj head alone
+    from deploy.predict import Job, PredictConfig
+
+    cfg = PredictConfig(str(mt_bundle[0]), str(src), str(tmp_path / "p.jsonl"), progress=False)
+    key = Job.open(cfg).key
+    assert key["tasks"] == ["sst2", "subj", "trec"]
+    (tmp_path / "p.jsonl.partial").write_text(json.dumps(key) + "\n")
+    with pytest.raises(DataError, match="set of heads"):
+        Job.open(PredictConfig(str(mt_bundle[0]), str(src), str(tmp_path / "p.jsonl"), progress=False,
+                               tasks=("subj",)))

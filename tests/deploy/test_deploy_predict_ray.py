@@ -71,3 +71,18 @@ def test_more_actor_cpus_than_the_cluster_has_is_a_clear_error(local_ray, bundle
     with pytest.raises(SpecError, match="needs 4 CPUs; the Ray cluster has 2"):
         predict_ray(cfg, "local", workers=2)  # would otherwise wait forever for an unplaceable actor
     assert not (tmp_path / "o.jsonl").exists()
+
+
+def test_ray_job_writes_every_head_of_a_multitask_bundle(local_ray, mt_bundle, sst2_file, tmp_path):
+    from deploy.predict_ray import predict_ray
+
+    cfg = dict(bundle=str(mt_bundle[0]), input=str(sst2_file), batch_size=16, threads=1, progress=False,
+               max_rows=48)
+    predict(PredictConfig(output=str(tmp_path / "local.jsonl"), **cfg))
+    res = predict_ray(PredictConfig(output=str(tmp_path / "ray.jsonl"), **cfg), "local", workers=1)
+    assert res["tasks"] == ["sst2", "subj", "trec"] and res["rows"] == 48
+    local, got = rows_of(tmp_path / "local.jsonl"), rows_of(tmp_path / "ray.jsonl")
+    for task in res["tasks"]:
+        assert [r[f"pred_{task}_label"] for r in got] == [r[f"pred_{task}_label"] for r in local]
+        np.testing.assert_allclose([list(r[f"pred_{task}_scores"].values()) for r in got],
+                                   [list(r[f"pred_{task}_scores"].values()) for r in local], atol=1e-5)
