@@ -36,7 +36,8 @@ from chain.runtime import load_predictor, register_runtime
 from chain.stage import RunContext, Stage
 
 from .onnx_quantize import copy_aux
-from .stages import calibration_texts, carry_heads, validation_texts
+from .openvino_source import openvino_source, refuse_contrib_ops
+from .stages import calibration_texts, validation_texts
 
 PRECISIONS = ("f32", "bf16", "auto", "default")
 XML = "model.xml"
@@ -122,41 +123,6 @@ register_runtime("onnx", "openvino")(_onnx_on_openvino("f32"))
 register_runtime("onnx", "openvino-bf16")(_onnx_on_openvino("bf16"))
 
 
-def refuse_contrib_ops(onnx_path: Path) -> None:
-    """ModelError if the graph uses ONNX Runtime's contrib ops, which OpenVINO cannot read."""
-    import onnx
-
-    graph = onnx.load(str(onnx_path), load_external_data=False).graph
-    contrib = sorted({n.op_type for n in graph.node if n.domain == "com.microsoft"})
-    if contrib:
-        raise ModelError(f"{onnx_path} uses ONNX Runtime contrib ops ({', '.join(contrib[:5])}) that OpenVINO "
-                         "cannot read; give an fp32 ONNX parent (an export_onnx stage) instead")
-
-
-def to_openvino(parent: Artifact, example: dict, trust_remote_code: bool = False):
-    """The parent as an ``ov.Model``: an fp32 ONNX graph read as is, an HF model converted
-    from PyTorch with ``example`` (a tokenized batch) tracing it (every dimension dynamic)."""
-    import openvino as ov
-
-    if parent.format == "onnx":
-        refuse_contrib_ops(parent.path / "model.onnx")
-        return ov.Core().read_model(str(parent.path / "model.onnx"))
-    if parent.format != "hf":
-        raise SpecError(f"OpenVINO conversion reads an fp32 onnx or hf parent, got {parent.format} "
-                        f"from {parent.path}")
-    import torch
-
-    from chain.model import load_model
-
-    model = load_model(parent, trust_remote_code=trust_remote_code).eval()
-    model.config.return_dict = False  # a tuple output traces to a plain `logits` output
-    with torch.inference_mode():
-        ov_model = ov.convert_model(model, example_input={k: torch.from_numpy(v) for k, v in example.items()})
-    for port in ov_model.outputs[:1]:
-        port.get_tensor().set_names({"logits"})
-    return ov_model
-
-
 def compare(reference: Predictor, candidate: Predictor, tokenizer, texts: list[str],
             batch_sizes=(1, 8), max_length: int = 128) -> dict:
     """Max |logit difference| and argmax agreement of ``candidate`` vs ``reference``."""
@@ -176,13 +142,6 @@ def save_ir(ov_model, out_dir: Path, parent: Artifact) -> None:
 
     ov.save_model(ov_model, str(out_dir / XML), compress_to_fp16=False)
     copy_aux(parent.path, out_dir)
-
-
-def trace_example(tokenizer) -> dict:
-    """A small padded batch that traces a PyTorch model for conversion."""
-    enc = tokenizer(["a short sentence to trace", "and a second, somewhat longer one to pad"], padding=True,
-                    return_tensors="np")
-    return {k: v.astype(np.int64) for k, v in enc.items()}
 
 
 @dataclass
@@ -214,7 +173,7 @@ def _check(parent: Artifact, out_dir: Path, manifest: dict, texts: list[str], ct
     outputs = {None: None, **{t: h["output"] for t, h in heads.items()}}
     reports = {}
     for task, output in outputs.items():
-        report = compare(load_predictor(parent, threads, ctx.trust_remote_code, task=task),
+        report = compare(_reference(parent, threads, ctx.trust_remote_code, task),
                          openvino_predictor(Artifact(out_dir, manifest), threads, output=output), tok, texts)
         if (atol is not None and report["max_abs_diff"] > atol) or report["argmax_agreement"] < min_agreement:
             raise ExportValidationError(
@@ -225,6 +184,23 @@ def _check(parent: Artifact, out_dir: Path, manifest: dict, texts: list[str], ct
         reports[task] = report
     own = reports.pop(None)
     return {**own, "heads": reports} if reports else own
+
+
+def _reference(parent: Artifact, threads: int, trust_remote_code: bool, task: str | None) -> Predictor:
+    """The parent's logits for ``task``: a multi-task graph's output, or an HF model with that head swapped in."""
+    if parent.format != "hf" or task is None:
+        return load_predictor(parent, threads, trust_remote_code, task=task)
+    import torch
+
+    from chain.heads import swap_head_
+    from chain.model import load_model
+    from chain.predict import torch_predictor
+
+    torch.set_num_threads(threads)
+    model = load_model(parent, trust_remote_code=trust_remote_code)
+    if not swap_head_(model, parent.path, task):
+        raise ModelError(f"{parent.path} carries no head for task {task!r}")
+    return torch_predictor(model, f"{parent.name}:{task}")
 
 
 def _no_bf16(precision: str) -> dict | None:
@@ -250,10 +226,10 @@ class ExportOpenVino(Stage):
         if (skip := _no_bf16(cfg.precision)) is not None:
             return skip
         texts = validation_texts(ctx, self.name, cfg.validation_samples)
-        save_ir(to_openvino(parent, trace_example(_tokenizer(parent, ctx.trust_remote_code)), ctx.trust_remote_code),
-                out_dir, parent)
-        manifest = {"format": "openvino", "openvino": {"xml": XML, "precision": cfg.precision},
-                    **(carry_heads(parent) if parent.format == "onnx" else {})}
+        with openvino_source(parent, _tokenizer(parent, ctx.trust_remote_code), texts, out_dir,
+                             ctx.trust_remote_code) as (ov_model, heads):
+            save_ir(ov_model, out_dir, parent)
+        manifest = {"format": "openvino", "openvino": {"xml": XML, "precision": cfg.precision}, **heads}
         exact = resolve_precision(cfg.precision) == "f32"
         report = _check(parent, out_dir, manifest, texts, ctx, cfg.atol if exact else None,
                         cfg.min_agreement, f"OpenVINO IR ({cfg.precision})")
@@ -344,11 +320,10 @@ class QuantizeOpenVinoInt8(Stage):
         calib = [enc for _, enc in encode_batches(tok, calibration_texts(ctx, self.name, cfg.calibration_samples),
                                                   1, cfg.max_length)]
         checks = validation_texts(ctx, self.name, cfg.validation_samples)
-        heads = carry_heads(parent) if parent.format == "onnx" else {}
-        # a multi-task graph's heads stay float (every quantizer keeps heads float); a single head: NNCF's choice
-        ignored = head_patterns(json.loads((parent.path / "config.json").read_text())) if heads else []
-        save_ir(nncf_int8(to_openvino(parent, trace_example(tok), ctx.trust_remote_code), calib, cfg, ignored),
-                out_dir, parent)
+        with openvino_source(parent, tok, checks, out_dir, ctx.trust_remote_code) as (ov_model, heads):
+            # a multi-task graph's heads stay float (every quantizer keeps heads float); a single head: NNCF's choice
+            ignored = head_patterns(json.loads((parent.path / "config.json").read_text())) if heads else []
+            save_ir(nncf_int8(ov_model, calib, cfg, ignored), out_dir, parent)
         manifest = {"format": "openvino", "openvino": {"xml": XML, "precision": cfg.precision}, **heads}
         report = _check(parent, out_dir, manifest, checks, ctx, None, cfg.min_agreement, "NNCF int8 model")
         floats = {p: "head (every task's): kept float, nncf IgnoredScope" for p in ignored}

@@ -55,9 +55,11 @@ def write_openvino_model(art: Artifact, dest: Path, texts: list[str], precision:
     import openvino as ov
 
     from chain.model import load_tokenizer
-    from compress.openvino import ir_path, to_openvino, trace_example
+    from compress.openvino import ir_path
+    from compress.openvino_source import openvino_source
 
     hint = bundle_precision(art, precision)
+    heads: dict = {}
     if art.format == "openvino":
         src = ir_path(art)
         shutil.copy2(src, dest / XML)
@@ -65,15 +67,17 @@ def write_openvino_model(art: Artifact, dest: Path, texts: list[str], precision:
         how = f"copied from the OpenVINO artifact ({src.name})"
     elif art.format in ("onnx", "hf"):
         try:
-            model = to_openvino(art, trace_example(load_tokenizer(art)))
+            with openvino_source(art, load_tokenizer(art), texts, dest) as (model, heads):
+                ov.save_model(model, str(dest / XML), compress_to_fp16=False)
         except ModelError as e:  # ORT contrib ops
             raise ModelError(f"{e}. For OpenVINO int8 export a quantize_openvino_int8 stage's artifact") from None
-        ov.save_model(model, str(dest / XML), compress_to_fp16=False)
-        how = f"converted by OpenVINO from the {art.format} artifact"
+        how = f"converted by OpenVINO from the {art.format} artifact" + \
+            (" through its multi-task ONNX export (one output per head)" if art.format == "hf" and heads else "")
     else:
         raise ModelError(f"{art.path} is a {art.format!r} artifact, which OpenVINO cannot read; export its fp32 "
                          "parent (hf or onnx) or an OpenVINO stage (export_openvino, quantize_openvino_int8)")
-    return {"how": how, "precision": hint, "validation": _validate(art, dest, texts, hint, threads)}
+    return {"how": how, "precision": hint, "validation": _validate(art, dest, texts, hint, threads),
+            **(heads if art.format == "hf" else {})}
 
 
 def _validate(art: Artifact, dest: Path, texts: list[str], hint: str, threads: int) -> dict:

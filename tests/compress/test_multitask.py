@@ -180,3 +180,50 @@ def test_openvino_ir_and_nncf_int8_keep_every_output(chain_out, evaluator, tmp_p
     ov_acc, ov8_acc = (evaluator.accuracy(a, list(TASKS)) for a in (ov, ov8))
     assert {t: ov_acc[t]["accuracy"] for t in TASKS} == {t: onnx_acc[t]["accuracy"] for t in TASKS}
     assert all(ov8_acc[t]["accuracy"] is not None for t in TASKS), ov8_acc
+
+
+def test_openvino_from_hf_keeps_every_head(chain_out, tmp_path):
+    """An HF artifact with three heads, converted and NNCF-quantized straight from PyTorch
+    weights: one output per task (through the multi-task ONNX graph), each checked against
+    PyTorch with that head swapped in, and the deploy openvino target serves them all."""
+    import torch
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    from chain.heads import swap_head_
+    from chain.runtime import load_predictor
+    from chain.task import builtin_task
+    from compress.openvino import ExportOpenVino, OpenVinoInt8Config, QuantizeOpenVinoInt8
+    from deploy.bundle import Bundle
+    from deploy.export import export
+    from deploy.runtime import Classifier
+
+    pruned = chain_out["pruned"]  # hf, three heads
+    res = run_stages(pruned, [ExportOpenVino(name="ov-hf"),
+                              QuantizeOpenVinoInt8(OpenVinoInt8Config(calibration_samples=16, validation_samples=16,
+                                                                      min_agreement=0.8),
+                                                   name="ov8-hf", parent="source")], tmp_path / "run")
+    assert [r.status for r in res] == ["ok", "ok"], [(r.name, r.reason) for r in res]
+    ov, ov8 = res[0].artifact, res[1].artifact
+    for art in (ov, ov8):
+        assert set(art.manifest["heads"]) == set(TASKS) and set(art.manifest["validation"]["heads"]) == set(TASKS)
+        assert not (art.path / "_multitask_onnx").exists()  # the intermediate graph is gone
+    assert ov.manifest["validation"]["heads"]["trec"]["max_abs_diff"] < 1e-3
+    assert any("classifier" in p for p in ov8.manifest["float_layers"])
+
+    texts = builtin_task("sst2").load("dev").texts[:16]
+    tok = AutoTokenizer.from_pretrained(pruned.path)
+    enc = {k: v.astype(np.int64) for k, v in tok(texts, padding=True, return_tensors="np").items()}
+    model = AutoModelForSequenceClassification.from_pretrained(pruned.path).eval()
+    ref = {}
+    for t in TASKS:
+        swap_head_(model, pruned.path, t)
+        with torch.inference_mode():
+            ref[t] = model(**{k: torch.from_numpy(v) for k, v in enc.items()}).logits.numpy()
+        np.testing.assert_allclose(load_predictor(ov, 1, task=t)(enc), ref[t], atol=1e-3)
+    export(pruned.path, tmp_path / "bundle", "openvino")
+    clf = Classifier(Bundle.load(tmp_path / "bundle"))
+    assert list(clf.tasks) == ["sst2", "subj", "trec"] and len(clf.tasks["trec"]["labels"]) == 6
+    probs = clf.task_probabilities(texts)
+    for t in TASKS:
+        e = np.exp(ref[t] - ref[t].max(-1, keepdims=True))
+        np.testing.assert_allclose(probs[t], e / e.sum(-1, keepdims=True), atol=1e-3)

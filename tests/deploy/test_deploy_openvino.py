@@ -69,7 +69,8 @@ def test_openvino_bundle_runs_in_classifier_and_is_checksummed(ov_bundle, onnx_a
 
 def test_openvino_artifact_is_copied_and_hf_is_converted(hf_artifact, onnx_artifact, tmp_path):
     from chain.artifact import Artifact, write_manifest
-    from compress.openvino import save_ir, to_openvino
+    from compress.openvino import save_ir
+    from compress.openvino_source import to_openvino
 
     art = tmp_path / "02-openvino"
     art.mkdir()
