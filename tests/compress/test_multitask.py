@@ -83,26 +83,32 @@ def test_multitask_graph_outputs_and_manifest(chain_out):
     assert {"/classifier/Gemm", "/heads/subj/classifier/Gemm", "/heads/trec/classifier/Gemm"} <= set(floats)
 
 
+def swapped_logits(model_dir, texts) -> tuple[dict, dict]:
+    """(the tokenized ``texts``, {task: PyTorch logits with that task's head swapped in})."""
+    import torch
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    from chain.heads import swap_head_
+
+    tok = AutoTokenizer.from_pretrained(model_dir)
+    enc = {k: v.astype(np.int64) for k, v in tok(texts, padding=True, return_tensors="np").items()}
+    model = AutoModelForSequenceClassification.from_pretrained(model_dir).eval()
+    ref = {}
+    for t in TASKS:
+        swap_head_(model, model_dir, t)
+        with torch.inference_mode():
+            ref[t] = model(**{k: torch.from_numpy(v) for k, v in enc.items()}).logits.numpy()
+    return enc, ref
+
+
 def test_task_outputs_match_pytorch_heads(chain_out):
     """Each output of the int8 graph follows its own head: its logits are close to PyTorch's
     with that head swapped in, and far from the other heads'."""
-    from transformers import AutoModelForSequenceClassification, AutoTokenizer
-    import torch
-
-    from chain.heads import swap_head_
     from chain.runtime import load_predictor
     from chain.task import builtin_task
 
     pruned, q = chain_out["pruned"], chain_out["onnx-int8"]
-    tok = AutoTokenizer.from_pretrained(pruned.path)
-    enc = {k: v.astype(np.int64) for k, v in tok(builtin_task("sst2").load("dev").texts[:16], padding=True,
-                                                 return_tensors="np").items()}
-    model = AutoModelForSequenceClassification.from_pretrained(pruned.path).eval()
-    ref = {}
-    for t in TASKS:
-        swap_head_(model, pruned.path, t)
-        with torch.inference_mode():
-            ref[t] = model(**{k: torch.from_numpy(v) for k, v in enc.items()}).logits.numpy()
+    enc, ref = swapped_logits(pruned.path, builtin_task("sst2").load("dev").texts[:16])
     for t in TASKS:
         got = load_predictor(q, 1, task=t)(enc)
         assert got.shape == ref[t].shape
@@ -186,10 +192,6 @@ def test_openvino_from_hf_keeps_every_head(chain_out, tmp_path):
     """An HF artifact with three heads, converted and NNCF-quantized straight from PyTorch
     weights: one output per task (through the multi-task ONNX graph), each checked against
     PyTorch with that head swapped in, and the deploy openvino target serves them all."""
-    import torch
-    from transformers import AutoModelForSequenceClassification, AutoTokenizer
-
-    from chain.heads import swap_head_
     from chain.runtime import load_predictor
     from chain.task import builtin_task
     from compress.openvino import ExportOpenVino, OpenVinoInt8Config, QuantizeOpenVinoInt8
@@ -211,14 +213,8 @@ def test_openvino_from_hf_keeps_every_head(chain_out, tmp_path):
     assert any("classifier" in p for p in ov8.manifest["float_layers"])
 
     texts = builtin_task("sst2").load("dev").texts[:16]
-    tok = AutoTokenizer.from_pretrained(pruned.path)
-    enc = {k: v.astype(np.int64) for k, v in tok(texts, padding=True, return_tensors="np").items()}
-    model = AutoModelForSequenceClassification.from_pretrained(pruned.path).eval()
-    ref = {}
+    enc, ref = swapped_logits(pruned.path, texts)
     for t in TASKS:
-        swap_head_(model, pruned.path, t)
-        with torch.inference_mode():
-            ref[t] = model(**{k: torch.from_numpy(v) for k, v in enc.items()}).logits.numpy()
         np.testing.assert_allclose(load_predictor(ov, 1, task=t)(enc), ref[t], atol=1e-3)
     export(pruned.path, tmp_path / "bundle", "openvino")
     clf = Classifier(Bundle.load(tmp_path / "bundle"))
