@@ -322,7 +322,8 @@ def render() -> str:
             "and the pruned model is then exported and ONNX-int8 quantized too. `export_onnx` is the "
             "parent of the two ONNX quantizers. `quantize_onnx_int4` is GPTQ (the default), calibrated on "
             "128 SST-2 train sentences, with 4-bit embeddings; its random-init weights have no redundancy, "
-            "so it stays below the 0.95 agreement that 8-bit reaches. ONNX Runtime int8 uses 7-bit "
+            "so it stays below the 0.95 agreement that 8-bit reaches (each int4 setting measured: "
+            "docs/results/int4-tiny-fidelity-2026-12-02.md). ONNX Runtime int8 uses 7-bit "
             "weights (`reduce_range`) where the CPU has AVX2 without VNNI; figures here come from the "
             "CPU that last wrote the file.\n\n" + head + rows)
 
