@@ -167,6 +167,17 @@ def summarize(runs: dict[str, list[dict]], split: str = "test", baseline: str = 
                                   "max_final_drop": max_final}, "methods": out}
 
 
+def dev_pick(dev_methods: dict) -> dict:
+    """The method a user should take, read off the **dev** split only: the highest mean accuracy
+    of the final artifact over every task of the chain (each with its own head), i.e. the one
+    model that serves the whole chain best; ties go to the first listed."""
+    scores = {m: statistics.mean(x["mean"] for x in v["matrix"][list(v["matrix"])[-1]].values())
+              for m, v in dev_methods.items()}
+    best = max(scores, key=scores.get)
+    return {"method": best, "rule": "highest mean dev accuracy of the final artifact over every task",
+            "scores": scores}
+
+
 def markdown(summary: dict) -> str:
     def f(x: dict | None) -> str:
         if x is None:
@@ -193,6 +204,9 @@ def markdown(summary: dict) -> str:
         md.append(f"| {method} | " + " | ".join(cells) + f" | {'—' if fv is None else format(fv, '+.2f')} | {verdict} |")
     md += ["", f"Goal: every earlier task's drop ≤ {th['max_mean_drop']} (mean over seeds) and ≤ "
            f"{th['max_worst_drop']} (worst seed); final task ≥ {summary['baseline']}'s mean − {th['max_final_drop']}."]
+    if pick := summary.get("dev_pick"):
+        md += ["", f"Picked on dev ({pick['rule']}): **{pick['method']}**; "
+               + ", ".join(f"{m} {v:.4f}" for m, v in pick["scores"].items()) + "."]
     return "\n".join(md) + "\n"
 
 
@@ -259,6 +273,7 @@ def main(argv=None, prog: str = "python -m chain.forgetting") -> int:
         summary = summarize(runs, spec.eval.split)
         if a.dev:
             summary["dev"] = summarize(runs, "dev")["methods"]
+            summary["dev_pick"] = dev_pick(summary["dev"])
         summary["knobs"] = knobs
         summary["command"] = " ".join(["python -m chain.forgetting", *(argv if argv is not None else sys.argv[1:])])
         text = markdown(summary)

@@ -180,7 +180,7 @@ def test_multihead_loss_is_each_examples_ce_under_its_own_head(tiny_bert_dir):
 
 
 def test_forgetting_summary_and_goal_check():
-    from chain.forgetting import parse_method, summarize
+    from chain.forgetting import dev_pick, markdown, parse_method, summarize
 
     def row(seed, subj_own, subj_final, final):
         return {"seed": seed, "stages": ["subj", "sst2"], "own_task": {"subj": "subj", "sst2": "sst2"},
@@ -196,6 +196,11 @@ def test_forgetting_summary_and_goal_check():
     assert s["rehearsal"]["goal"] == {"mean_drop_ok": False, "worst_drop_ok": True, "final_ok": True,
                                       "all_ok": False}
     assert s["none"]["matrix"]["sst2"]["subj"]["mean"] == pytest.approx(0.55)
+    # the pick reads the final artifact's mean over tasks: rehearsal (0.895) over none (0.7175)
+    dev = summarize({m: [{**r, "dev": r["test"]} for r in rows] for m, rows in runs.items()}, "dev")["methods"]
+    pick = dev_pick(dev)
+    assert pick["method"] == "rehearsal" and pick["scores"]["none"] == pytest.approx(0.7175)
+    assert "Picked on dev" in markdown({**summarize(runs), "dev_pick": pick}) and "Picked" not in markdown(summarize(runs))
     assert parse_method("rehearsal:fraction=0.1+l2sp:weight=0.01")[1] == {
         "rehearsal": {"fraction": 0.1, "tasks": "auto"}, "l2sp": {"weight": 0.01}}
     with pytest.raises(Exception, match="'fisher' is not 'none'"):
