@@ -111,8 +111,10 @@ def variant(spec: ChainSpec, stage: str, seed: int, options: dict, overrides: di
             break
         cfg = dataclasses.replace(s.config, show_progress=False)
         if i >= start:
-            cfg = dataclasses.replace(cfg, seed=seed, **{k: coerce(v, OPTIONS[k], f"--method {k}")
-                                                         for k, v in options.items()})
+            # the method replaces whatever forgetting control the spec sets ('none': none at all)
+            cfg = dataclasses.replace(cfg, seed=seed, **{**{k: None for k in OPTIONS},
+                                                         **{k: coerce(v, OPTIONS[k], f"--method {k}")
+                                                            for k, v in options.items()}})
             cfg = dataclasses.replace(cfg, **(overrides or {}))
         gate = GateConfig(min_accuracy=0.0, on_fail="stop") if dev else None
         stages.append(dataclasses.replace(s, config=cfg, gate=gate))

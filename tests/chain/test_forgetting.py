@@ -7,6 +7,8 @@ from pathlib import Path
 
 import pytest
 import torch
+
+REPO = Path(__file__).resolve().parents[2]
 from chain.artifact import Artifact
 from chain.executor import run_chain
 from chain.finetune_config import FineTuneConfig, rehearsal_split
@@ -205,3 +207,18 @@ def test_forgetting_summary_and_goal_check():
         "rehearsal": {"fraction": 0.1, "tasks": "auto"}, "l2sp": {"weight": 0.01}}
     with pytest.raises(Exception, match="'fisher' is not 'none'"):
         parse_method("fisher:weight=1")
+
+
+def test_each_method_replaces_the_specs_own_forgetting_control():
+    """The example sets rehearsal on its later stages; 'none' must still mean none."""
+    from chain.forgetting import parse_method, variant
+    from chain.spec import load_spec
+
+    spec = load_spec(REPO / "examples" / "sentiment_chain.yaml", check=False)
+    assert spec.stages[1].config.rehearsal is not None  # the example's default
+    none = variant(spec, "sst5", 1, parse_method("none")[1])
+    ewc = variant(spec, "sst5", 1, parse_method("ewc:weight=10")[1])
+    for st in none.stages[1:]:
+        assert st.config.rehearsal is None and st.config.ewc is None and st.config.l2sp is None
+    assert all(st.config.rehearsal is None and st.config.ewc.weight == 10 for st in ewc.stages[1:])
+    assert none.stages[0].config.rehearsal is None and none.stages[0].config.seed == spec.stages[0].config.seed
