@@ -234,11 +234,12 @@ def padded_tokens(lengths: list[int], batch_size: int, bucketing: bool) -> int:
     return int(sum(len(b) * max(lengths[i] for i in b) for b in batches(lengths, batch_size, bucketing)))
 
 
-def _columns(rows: np.ndarray, heads: dict[str, list[str]]) -> dict:
-    """One row's ``pred_*`` fields: plain names for one head, ``pred_<task>_*`` for several."""
+def _columns(row: np.ndarray, heads: dict[str, list[str]]) -> dict:
+    """One row's ``pred_*`` fields (``row``: the heads' probabilities side by side): plain names
+    for one head, ``pred_<task>_*`` for several."""
     out, i = {}, 0
     for task, labels in heads.items():
-        p, i = rows[i:i + len(labels)], i + len(labels)
+        p, i = row[i:i + len(labels)], i + len(labels)
         pre = "pred_" if len(heads) == 1 else f"pred_{task}_"
         k = int(p.argmax())
         out.update({f"{pre}label": labels[k], f"{pre}score": float(p[k]),
