@@ -1,7 +1,7 @@
 """python -m bench (chainpress bench): run a chain spec, then time every stage it kept.
 
 With no arguments: the default chain (bench/default_chain.yaml) on the embedded
-all-MiniLM-L6-v2 and SST-2, about 13 min on 2 cores (--quick: about 3 min). Finished
+all-MiniLM-L6-v2 and SST-2, about 20-30 min on 2 cores (--quick: about 3 min). Finished
 stages are cached under OUTPUT/artifacts: a re-run, or a run killed and started again,
 reuses them. Exit 0 = every stage ran or was skipped for want of hardware, 1 = a stage
 (not a peer) failed or a gate fired, 2 = bad input.

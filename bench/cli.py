@@ -14,7 +14,7 @@ from chain.cli import EXIT_BAD_INPUT, version
 
 # subcommand -> ("module:function", whether argv keeps the subcommand's name, one-line help)
 COMMANDS = {
-    "bench": ("bench.__main__:main", False, "run the default chain (or --spec) and time every stage (~13 min)"),
+    "bench": ("bench.__main__:main", False, "run the default chain (or --spec) and time every stage (~20-30 min on 2 cores)"),
     "compare": ("bench.compare_cli:main", False, "regression gate: a results.json against baseline runs"),
     "run": ("chain.__main__:main", True, "run or resume a chain spec"),
     "validate": ("chain.__main__:main", True, "check a spec, its model and data; train nothing"),
