@@ -55,9 +55,35 @@ def load_tokenizer(artifact: Artifact, trust_remote_code: bool = False):
     from transformers import AutoTokenizer
 
     try:
-        return AutoTokenizer.from_pretrained(artifact.path, trust_remote_code=trust_remote_code)
+        tok = AutoTokenizer.from_pretrained(artifact.path, trust_remote_code=trust_remote_code)
     except (OSError, ValueError, TypeError) as e:
         raise ModelError(f"cannot load a tokenizer from {artifact.path}: {e}") from None
+    drop_unused_inputs_(tok, artifact.path, trust_remote_code)
+    return tok
+
+
+def drop_unused_inputs_(tok, path: Path, trust_remote_code: bool = False) -> list[str]:
+    """Stop ``tok`` returning inputs the model's forward does not take; return what it dropped.
+
+    A BERT tokenizer saved beside a DistilBERT model returns ``token_type_ids``: Trainer
+    drops the column, but every direct ``model(**enc)`` (evaluation, pruning scores) fails."""
+    import inspect
+
+    from transformers import AutoConfig, AutoModelForSequenceClassification
+
+    try:
+        cfg = AutoConfig.from_pretrained(path, trust_remote_code=trust_remote_code)
+        cls = AutoModelForSequenceClassification._model_mapping[type(cfg)]
+    except (OSError, ValueError, KeyError):
+        return []  # remote code or an unknown class: leave the tokenizer as it is
+    params = inspect.signature(cls.forward).parameters
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
+        return []
+    names = list(tok.model_input_names)
+    kept = [n for n in names if n in params]
+    if "input_ids" in kept and kept != names:
+        tok.model_input_names = kept
+    return [n for n in names if n not in tok.model_input_names]
 
 
 def load_model(artifact: Artifact, num_labels: int | None = None, trust_remote_code: bool = False):
