@@ -7,7 +7,8 @@ a NaN/inf loss stops training with ``TrainingError`` instead of saving garbage.
 Chains: the encoder is carried over from the parent; the head is the parent's head for
 this task if it has one, else a fresh one (``head: auto``); every earlier task's head is
 copied into the artifact (``chain.heads``) so forgetting can be measured. LoRA adapters
-(``lora:``) are merged into the weights before saving, so the artifact is a plain model.
+(``lora:``) are merged into the weights before saving, so the artifact is a plain model;
+``lora.merge`` trains each task's adapter on a shared base and merges them all (``chain.lora_merge``).
 ``distill:`` mixes the loss with KL to a teacher's softened logits (recovery after pruning).
 
 Because it is a plain ``Trainer`` run, it also works unchanged under ``torchrun`` /
@@ -23,6 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import ClassVar
 
+from . import lora_merge
 from .artifact import Artifact
 from .errors import SpecError, TrainingError
 from .heads import (copy_heads, head_labels, head_tasks, load_head, reinit_head_, save_head, save_head_state,
@@ -181,6 +183,19 @@ def apply_lora(model, lora: LoraSettings):
         raise SpecError(f"finetune.lora: {e}") from None
 
 
+def _merge_task_vectors(peft_model, parent: Artifact, task: str, cfg: FineTuneConfig):
+    """The plain model with base + merge(every task's adapter), and what ``lora_merge.write`` keeps."""
+    vectors = {t: v for t, v in lora_merge.read_vectors(parent.path).items() if t != task}
+    vectors[task] = lora_merge.task_vector(peft_model)
+    plain = peft_model.unload()  # the base weights, this task's trained head
+    names = sorted(set().union(*(v.keys() for v in vectors.values())))
+    base = lora_merge.base_weights(plain, names)
+    lora = cfg.lora
+    lora_merge.apply_(plain, lora_merge.merge(vectors, lora.merge, lora.density, lora.weight, cfg.seed))
+    settings = {"method": lora.merge, "density": lora.density, "weight": lora.weight, "seed": cfg.seed}
+    return plain, (base, vectors, {**settings, "tasks": list(vectors)})
+
+
 def carried_tasks(parent: Artifact) -> dict[str, dict]:
     """{task: Task dict} of the tasks the parent carries a head for, as far as its manifest knows."""
     defs = dict(parent.manifest.get("head_tasks") or {})
@@ -267,6 +282,9 @@ class FineTune(Stage):
         head = prepare_head_(model, parent, task, cfg.head)
         model.train()
         frozen = freeze_(model, cfg.freeze)
+        merging = cfg.lora is not None and cfg.lora.merge is not None
+        if merging:  # every task's adapter trains on the same base (chain.lora_merge)
+            lora_merge.restore_base_(model, parent.path)
         if cfg.lora is not None:
             model = apply_lora(model, cfg.lora)
         anchor = None
@@ -326,7 +344,10 @@ class FineTune(Stage):
         heads = {}
         if tagged:  # back to a plain HF model with this task's head; the others are head files
             heads, final = final.head_states(), final.model
-        if cfg.lora is not None:
+        merged = None
+        if merging:
+            final, merged = _merge_task_vectors(final, parent, task.name, cfg)
+        elif cfg.lora is not None:
             final = final.merge_and_unload()  # plain weights: compression stages see a normal model
         names = task.label_names()  # id2label in config.json: pipeline() and ORTModel answer with names
         set_labels_(final, names, task.num_labels)
@@ -335,6 +356,8 @@ class FineTune(Stage):
             final.save_pretrained(out_dir, safe_serialization=True)
             tok.save_pretrained(out_dir)
             copy_heads(parent.path, out_dir, skip=task.name)
+            if merged is not None:
+                lora_merge.write(out_dir, *merged)
             save_head(final, out_dir, task.name, labels=names)
             for t in earlier:  # the replayed tasks' heads, updated by this stage
                 save_head_state(heads[t.name], out_dir, t.name, labels=head_labels(parent.path, t.name))
@@ -348,6 +371,7 @@ class FineTune(Stage):
                           "processes": int(args.world_size), "shuffled_labels": cfg.shuffle_labels,
                           "distilled_from": cfg.distill.teacher if cfg.distill else None,
                           "rehearsal_examples": replayed or None,
+                          "lora_merge": None if merged is None else merged[2],
                           "l2sp": None if cfg.l2sp is None else {"weight": cfg.l2sp.weight,
                                                                  "encoder_distance": anchor.distance()},
                           "ewc": None if cfg.ewc is None else {"weight": cfg.ewc.weight, "samples": cfg.ewc.samples,

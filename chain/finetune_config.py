@@ -18,13 +18,21 @@ HEAD_POLICIES = ("auto", "new", "keep")
 
 @dataclass
 class LoraSettings:
-    """LoRA through ``peft``; the adapters are merged (``merge_and_unload``) before saving."""
+    """LoRA through ``peft``; the adapter is merged into the weights before saving.
+
+    ``merge: None`` adds it to the parent's weights (``merge_and_unload``). A merge method
+    (chain.lora_merge) trains it on the chain's shared base instead and saves base + the
+    merge of every task's adapter so far (TIES, DARE, task arithmetic), each task's vector
+    kept under ``lora_merge/``."""
     r: int = 8
     alpha: int = 16
     dropout: float = 0.1
     # None = the architecture's attention Q/V projections (chain.arch: query/value for BERT,
     # q_lin/v_lin for DistilBERT, q_proj/v_proj for Llama, c_attn for GPT-2, ...)
     target_modules: list[str] | None = None
+    merge: str | None = None  # task_arithmetic, ties, dare_linear, dare_ties, magnitude_prune
+    density: float = 0.5  # fraction of each task vector kept by the pruning methods
+    weight: float = 1.0  # every task vector's weight in the merge
 
     def __post_init__(self) -> None:
         for name in ("r", "alpha"):
@@ -33,6 +41,16 @@ class LoraSettings:
                 raise SpecError(f"finetune.lora.{name} must be a positive integer, got {v!r}")
         if not 0 <= self.dropout < 1:
             raise SpecError(f"finetune.lora.dropout must be in [0, 1), got {self.dropout!r}")
+        from .lora_merge import METHODS
+
+        if self.merge is not None and self.merge not in METHODS:
+            raise SpecError(f"finetune.lora.merge must be one of {', '.join(METHODS)} (or absent), got {self.merge!r}")
+        for name, lo in (("density", 0.0), ("weight", 0.0)):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or v <= lo:
+                raise SpecError(f"finetune.lora.{name} must be a number > 0, got {v!r}")
+        if self.density > 1:
+            raise SpecError(f"finetune.lora.density must be in (0, 1], got {self.density!r}")
         if self.target_modules is None:
             return
         if not self.target_modules or not all(isinstance(m, str) for m in self.target_modules):

@@ -27,32 +27,36 @@ import sys
 from pathlib import Path
 
 from .errors import ChainpressError, SpecError
-from .finetune_config import EWCSettings, FineTuneConfig, L2SPSettings, RehearsalSettings
+from .finetune_config import EWCSettings, FineTuneConfig, L2SPSettings, LoraSettings, RehearsalSettings
 from .gates import GateConfig
 from .jsonio import read_json, write_json_atomic, write_text_atomic
 from .spec import ChainSpec
 from .typed import coerce
 
-OPTIONS = {"rehearsal": RehearsalSettings, "l2sp": L2SPSettings, "ewc": EWCSettings}
+OPTIONS = {"rehearsal": RehearsalSettings, "l2sp": L2SPSettings, "ewc": EWCSettings, "lora": LoraSettings}
 
 
 def parse_method(text: str) -> tuple[str, dict]:
     """``"l2sp:weight=0.01"`` -> ("l2sp:weight=0.01", {"l2sp": {"weight": 0.01}}); ``"none"`` -> {}.
 
-    Several options join with ``+``: ``rehearsal:fraction=0.1+l2sp:weight=0.01``."""
+    Several options join with ``+``: ``rehearsal:fraction=0.1+l2sp:weight=0.01``; ``set:`` gives
+    the method its own fine-tune config overrides: ``lora:merge=ties+set:learning_rate=5e-4``."""
     if text == "none":
         return text, {}
     out: dict = {}
     for part in text.split("+"):
         kind, _, args = part.partition(":")
+        if kind == "set":  # this method's own config overrides, e.g. LoRA's learning rate
+            out["set"] = parse_overrides(list(filter(None, args.split(","))))
+            continue
         if kind not in OPTIONS:
-            raise SpecError(f"--method {text!r}: {kind!r} is not 'none' or one of {', '.join(OPTIONS)}")
+            raise SpecError(f"--method {text!r}: {kind!r} is not 'none', 'set' or one of {', '.join(OPTIONS)}")
         kw = {}
         for item in filter(None, args.split(",")):
             k, eq, v = item.partition("=")
             if not eq:
                 raise SpecError(f"--method {text!r}: {item!r} is not KEY=VALUE")
-            kw[k] = float(v) if _number(v) else v
+            kw[k] = _value(v)
         from .typed import build_dataclass
 
         out[kind] = dataclasses.asdict(build_dataclass(OPTIONS[kind], kw, f"--method {text}"))
@@ -82,12 +86,14 @@ def parse_overrides(items: list[str]) -> dict:
     return out
 
 
-def _number(v: str) -> bool:
-    try:
-        float(v)
-        return True
-    except ValueError:
-        return False
+def _value(v: str) -> int | float | str:
+    """``"8"`` -> 8, ``"1e4"`` -> 10000.0, ``"ties"`` -> "ties"."""
+    for kind in (int, float):
+        try:
+            return kind(v)
+        except ValueError:
+            pass
+    return v
 
 
 def variant(spec: ChainSpec, stage: str, seed: int, options: dict, overrides: dict | None = None,
@@ -112,10 +118,12 @@ def variant(spec: ChainSpec, stage: str, seed: int, options: dict, overrides: di
         cfg = dataclasses.replace(s.config, show_progress=False)
         if i >= start:
             # the method replaces whatever forgetting control the spec sets ('none': none at all)
-            cfg = dataclasses.replace(cfg, seed=seed, **{**{k: None for k in OPTIONS},
-                                                         **{k: coerce(v, OPTIONS[k], f"--method {k}")
-                                                            for k, v in options.items()}})
-            cfg = dataclasses.replace(cfg, **(overrides or {}))
+            # `lora` freezes the base itself: it replaces the spec's `freeze`
+            cfg = dataclasses.replace(cfg, seed=seed, **({"freeze": []} if "lora" in options else {}),
+                                      **{**{k: None for k in OPTIONS},
+                                         **{k: coerce(v, OPTIONS[k], f"--method {k}")
+                                            for k, v in options.items() if k != "set"}})
+            cfg = dataclasses.replace(cfg, **{**(overrides or {}), **options.get("set", {})})
         gate = GateConfig(min_accuracy=0.0, on_fail="stop") if dev else None
         stages.append(dataclasses.replace(s, config=cfg, gate=gate))
     ev = spec.eval if eval_samples is None else dataclasses.replace(spec.eval, max_samples=eval_samples)
@@ -250,7 +258,8 @@ def main(argv=None, prog: str = "python -m chain.forgetting") -> int:
     p.add_argument("--stage", required=True, help="first stage to reseed and to give the method's options")
     p.add_argument("--seeds", type=int, nargs="+", required=True)
     p.add_argument("--method", action="append", required=True,
-                   help="'none', or KIND:KEY=VALUE,... with KIND rehearsal or l2sp; repeat for each method")
+                   help="'none', or KIND:KEY=VALUE,... with KIND rehearsal, l2sp, ewc or lora (e.g. "
+                        "lora:merge=ties,density=0.5); repeat for each method")
     p.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
                    help="fine-tune config override on every reseeded stage, all methods alike "
                         "(e.g. epochs=1, max_train_samples=500); repeat for several")

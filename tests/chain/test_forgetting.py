@@ -222,3 +222,22 @@ def test_each_method_replaces_the_specs_own_forgetting_control():
         assert st.config.rehearsal is None and st.config.ewc is None and st.config.l2sp is None
     assert all(st.config.rehearsal is None and st.config.ewc.weight == 10 for st in ewc.stages[1:])
     assert none.stages[0].config.rehearsal is None and none.stages[0].config.seed == spec.stages[0].config.seed
+
+
+def test_lora_merge_method_drops_freeze_and_takes_its_own_learning_rate():
+    from chain.forgetting import parse_method, variant
+    from chain.spec import load_spec
+
+    spec = load_spec(REPO / "examples" / "sentiment_chain.yaml", check=False)
+    assert spec.stages[1].config.freeze == ["embeddings"]  # lora refuses freeze: the method must clear it
+    opts = parse_method("lora:merge=ties,density=0.7,r=16+set:learning_rate=5e-4")[1]
+    assert opts["lora"]["r"] == 16 and opts["set"] == {"learning_rate": 5e-4}
+    v = variant(spec, "sst5", 3, opts, overrides={"learning_rate": 1e-4, "epochs": 1.0})
+    first, later = v.stages[0].config, v.stages[1:]
+    assert first.lora is None and first.freeze == ["embeddings"]  # before --stage: untouched
+    for st in later:
+        c = st.config
+        assert (c.lora.merge, c.lora.density, c.lora.r, c.freeze) == ("ties", 0.7, 16, [])
+        assert c.learning_rate == 5e-4 and c.epochs == 1.0 and c.rehearsal is None and c.seed == 3
+    with pytest.raises(Exception, match="lora.merge must be one of"):
+        parse_method("lora:merge=mean")
