@@ -36,6 +36,12 @@ def restore_base_(model, parent: Path) -> int:
     base = load_file(str(Path(parent) / DIR / "base.safetensors"))
     params = dict(model.named_parameters())
     for key, w in base.items():
+        if key not in params or params[key].shape != w.shape:
+            from .errors import SpecError
+
+            raise SpecError(f"lora.merge: the parent's shared base has {key} {tuple(w.shape)}, the model "
+                            f"{tuple(params[key].shape) if key in params else 'no such weight'}; merge LoRA "
+                            "stages straight after one another, before pruning")
         params[key].data.copy_(w)
     return len(base)
 

@@ -92,3 +92,15 @@ def test_chain_of_merged_lora_stages_is_base_plus_every_task_vector(tmp_path, ti
     k = key.replace("query", "key")
     assert torch.equal(after[k], base[k])  # untargeted weights stay the base's
     assert st["t"]["accuracy_by_task"]["topic"] > 0.5 and st["t"]["accuracy_by_task"]["senti"] > 0.8
+
+
+def test_a_base_that_no_longer_fits_the_model_is_a_spec_error(tmp_path, tiny_bert_dir):
+    from safetensors.torch import save_file
+    from transformers import AutoModelForSequenceClassification
+
+    (tmp_path / lora_merge.DIR).mkdir()
+    key = "bert.encoder.layer.0.attention.self.query.weight"
+    save_file({key: torch.zeros(8, 8)}, str(tmp_path / lora_merge.DIR / "base.safetensors"))
+    model = AutoModelForSequenceClassification.from_pretrained(tiny_bert_dir)
+    with pytest.raises(SpecError, match="before pruning"):
+        lora_merge.restore_base_(model, tmp_path)
