@@ -45,6 +45,8 @@ def parser(prog: str = "python -m bench") -> argparse.ArgumentParser:
                    help="dev accuracy points the picked output may lose vs the reference (default 1.0)")
     p.add_argument("--time-budget", type=float, default=2700.0, metavar="SECONDS",
                    help="--search starts no new level after this many seconds (default 2700)")
+    p.add_argument("--ray", metavar="ADDRESS", help="--search runs each level as a Ray Tune trial of --threads "
+                   "CPUs: 'local' (a Ray started here), 'auto' or ray://host:10001 (--output on shared storage)")
     p.add_argument("--isolation", choices=("process", "inprocess"),
                    help="time each model in a worker process of its own (default) or all in this process")
     return p
@@ -91,9 +93,11 @@ def main(argv=None, prog: str = "python -m bench") -> int:
         if a.search:
             from .search import SearchConfig
 
-            search = SearchConfig(max_drop=a.max_drop, time_budget_s=a.time_budget)
+            search = SearchConfig(max_drop=a.max_drop, time_budget_s=a.time_budget, ray=a.ray)
         elif a.time_budget != 2700.0:
             raise SpecError("--time-budget bounds --search; add --search or drop it")
+        elif a.ray:
+            raise SpecError("--ray runs --search's trials on Ray Tune; add --search or drop it")
         if not a.max_drop >= 0:
             raise SpecError(f"--max-drop must be >= 0 accuracy points, got {a.max_drop}")
         results = run_bench(cfg, log=log, force=a.force, verbose=a.verbose, quiet=a.quiet, search=search)

@@ -13,7 +13,11 @@ every row is timed in the normal bench run, and the best-per-workload pick choos
 among them with the same dev budget. Trials are chain stages, so they are cached: a
 re-run, or a longer ``--time-budget`` after a short one, retrains nothing it has.
 
-Not built: Ray Tune trials on a cluster (``--ray``), searching int8 static vs dynamic.
+With ``--ray ADDRESS`` the levels are Ray Tune trials instead, run side by side on the
+cluster (``bench.search_ray``): all of them are measured, and every level within budget is
+kept, not only those before the first one over it.
+
+Not built: searching int8 static vs dynamic.
 """
 from __future__ import annotations
 
@@ -41,6 +45,7 @@ class SearchConfig:
     max_drop: float = 1.0  # accuracy points on dev the recovered model may lose vs the reference
     time_budget_s: float = 2700.0  # no new level starts after this many seconds
     levels: list[dict] = field(default_factory=lambda: [dict(x) for x in LADDER])
+    ray: str | None = None  # a Ray address (local, auto, ray://host:10001): every level a Ray Tune trial
 
     def __post_init__(self) -> None:
         if not self.max_drop >= 0:
@@ -81,8 +86,25 @@ def level_stages(template: list[dict], level: dict, default: dict) -> list[dict]
     return out
 
 
-def run_search(cfg: BenchConfig, search: SearchConfig, log=print) -> tuple[object, dict]:
-    """Walk the ladder on dev; -> (the spec to time: default chain + kept levels, the search record)."""
+@dataclass
+class Plan:
+    """What every trial shares: the spec dict, the branch template, the reference stage."""
+    raw: dict
+    base: Path
+    template: list[dict]
+    default: dict
+    others: list[dict]
+    ref: str
+
+    @property
+    def ref_stage(self) -> dict:
+        return next(st for st in self.others if st["name"] == self.ref)
+
+    def branch(self, level: dict) -> list[dict]:
+        return level_stages(self.template, level, self.default)
+
+
+def plan_of(cfg: BenchConfig) -> Plan:
     if cfg.spec is not None or cfg.finetuned:
         raise SpecError("--search walks the default chain's pruning branch; drop --spec/--finetuned")
     raw, base = bench_raw(cfg)
@@ -92,7 +114,42 @@ def run_search(cfg: BenchConfig, search: SearchConfig, log=print) -> tuple[objec
     default = {k: template[0]["config"][k] for k in ("heads", "ffn") if k in template[0].get("config", {})}
     others = [st for st in raw["stages"] if st not in template]
     ref = reference_of(cfg, parse_spec({**raw, "stages": others}, base))
-    ref_stage = next(st for st in others if st["name"] == ref)
+    return Plan(raw, base, template, default, others, ref)
+
+
+def probe(plan: Plan, level: dict, output: Path, threads: int, log=print) -> dict:
+    """Prune + recovery of one level after the reference, run (or found cached) in ``output``:
+    -> {stage, dev accuracy of the reference and of the recovered model, artifacts, reason}."""
+    branch = plan.branch(level)
+    recovered = next(st["name"] for st in branch if st.get("parent") == branch[0]["name"])
+    spec, refused = drop_unsupported(parse_spec({**plan.raw, "stages": [plan.ref_stage] + branch[:2]}, plan.base))
+    if refused:
+        raise SpecError(f"--search: {refused[0][0]} is {refused[0][3]}")
+    with chain_session(spec, Path(output), None, log, RunContext(threads=threads, log=log)) as run:
+        rows = {r["name"]: r for r in run.run(baseline=False)["stages"]}
+        acc = {}
+        for name in (plan.ref, recovered):
+            r = rows.get(name)
+            if r and r.get("artifact"):
+                task = r["task"]
+                acc[name] = run.gate_evaluator.accuracy(Artifact.load(r["artifact"]), [task])[task]["accuracy"]
+    return {"stage": recovered, "accuracy": acc, "reason": (rows.get(recovered) or {}).get("reason", ""),
+            "artifacts": {n: r["artifact"] for n, r in rows.items() if r.get("artifact")}}
+
+
+def judge(plan: Plan, level: dict, result: dict, max_drop: float) -> dict:
+    """One trial's row: within or over the dev budget, or failed."""
+    acc, recovered = result["accuracy"], result["stage"]
+    if plan.ref not in acc or recovered not in acc:
+        return {"level": level, "status": "failed", "reason": result.get("reason", "")}
+    drop = round(100 * (acc[plan.ref] - acc[recovered]), 2)
+    return {"level": level, "stage": recovered, "dev_accuracy": acc[recovered],
+            "reference_dev_accuracy": acc[plan.ref], "dev_drop_points": drop,
+            "status": "within budget" if drop <= max_drop + 1e-9 else "over budget"}
+
+
+def _walk(cfg: BenchConfig, search: SearchConfig, plan: Plan, log) -> tuple[list[dict], list[dict]]:
+    """In this process, mild to aggressive, stopping at the first level over budget."""
     t0, trials, kept = time.perf_counter(), [], []
     for level in search.levels:
         spent = time.perf_counter() - t0
@@ -100,45 +157,46 @@ def run_search(cfg: BenchConfig, search: SearchConfig, log=print) -> tuple[objec
             trials.append({"level": level, "status": "not tried",
                            "reason": f"--time-budget {search.time_budget_s:g} s spent ({spent:.0f} s)"})
             continue
-        branch = level_stages(template, level, default)
-        recovered = next(st["name"] for st in branch if st.get("parent") == branch[0]["name"])
-        probe = {**raw, "stages": [ref_stage] + branch[:2]}  # prune + recovery: what dev decides on
-        spec, refused = drop_unsupported(parse_spec(probe, base))
-        if refused:
-            raise SpecError(f"--search: {refused[0][0]} is {refused[0][3]}")
         log(f"search: level {level} ({len(trials) + 1}/{len(search.levels)})")
-        with chain_session(spec, Path(cfg.output), None, log, RunContext(threads=cfg.threads, log=log)) as run:
-            rows = {r["name"]: r for r in run.run(baseline=False)["stages"]}
-            acc = {}
-            for name in (ref, recovered):
-                r = rows.get(name)
-                if r and r.get("artifact"):
-                    task = r["task"]
-                    acc[name] = run.gate_evaluator.accuracy(Artifact.load(r["artifact"]), [task])[task]["accuracy"]
-        if ref not in acc or recovered not in acc:
-            trials.append({"level": level, "status": "failed", "reason": (rows.get(recovered) or {}).get("reason", "")})
+        trial = judge(plan, level, probe(plan, level, Path(cfg.output), cfg.threads, log), search.max_drop)
+        trials.append(trial)
+        if trial["status"] == "failed":
             break
-        drop = round(100 * (acc[ref] - acc[recovered]), 2)
-        within = drop <= search.max_drop + 1e-9
-        trials.append({"level": level, "stage": recovered, "dev_accuracy": acc[recovered],
-                       "reference_dev_accuracy": acc[ref], "dev_drop_points": drop,
-                       "status": "within budget" if within else "over budget"})
-        log(f"search: {recovered}: dev {acc[recovered]:.4f} ({-drop:+.2f} pts vs {ref})"
-            + ("" if within else f": over --max-drop {search.max_drop:g}, stronger levels not tried"))
+        within = trial["status"] == "within budget"
+        log(f"search: {trial['stage']}: dev {trial['dev_accuracy']:.4f} ({-trial['dev_drop_points']:+.2f} pts vs "
+            f"{plan.ref})" + ("" if within else f": over --max-drop {search.max_drop:g}, stronger levels not tried"))
+        branch = plan.branch(level)
         kept += branch if within else branch[:2]  # an over-budget level is reported, not exported
         if not within:
             break
-    final = {**raw, "stages": others + kept}
+    return trials, kept
+
+
+def run_search(cfg: BenchConfig, search: SearchConfig, log=print) -> tuple[object, dict]:
+    """Walk the ladder on dev; -> (the spec to time: default chain + kept levels, the search record).
+
+    With ``search.ray`` every level is a Ray Tune trial (``bench.search_ray``)."""
+    plan = plan_of(cfg)
+    t0 = time.perf_counter()
+    if search.ray:
+        from .search_ray import tune_levels
+
+        trials, kept = tune_levels(cfg, search, plan, log)
+    else:
+        trials, kept = _walk(cfg, search, plan, log)
+    final = {**plan.raw, "stages": plan.others + kept}
     record = {"max_drop_points": search.max_drop, "time_budget_s": search.time_budget_s, "split": "dev",
-              "trials": trials, "wall_time_s": round(time.perf_counter() - t0, 1)}
-    return parse_spec(final, base), record
+              "trials": trials, "wall_time_s": round(time.perf_counter() - t0, 1),
+              "runner": f"Ray Tune ({search.ray})" if search.ray else "in process"}
+    return parse_spec(final, plan.base), record
 
 
 def markdown(record: dict) -> list[str]:
     lines = ["## Search", "",
              f"Pruning levels tried, mild to aggressive, each with the distilled recovery; kept while the "
              f"recovered model is within {record['max_drop_points']:g} point(s) of the reference on dev "
-             f"(time budget {record['time_budget_s']:g} s, spent {record['wall_time_s']:g} s).", "",
+             f"(time budget {record['time_budget_s']:g} s, spent {record['wall_time_s']:g} s; trials run "
+             f"{record.get('runner', 'in process')}).", "",
              "| level | recovered stage | dev accuracy | Δ dev (pts) | status |", "|---|---|---|---|---|"]
     for t in record["trials"]:
         lvl = ", ".join(f"{k} {v:g}" for k, v in t["level"].items())

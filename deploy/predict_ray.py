@@ -14,12 +14,12 @@ directory must then be readable at the same path on every node).
 """
 from __future__ import annotations
 
-import os
 import time
 
 import numpy as np
 
 from chain.errors import SpecError
+from chain.ray_cluster import connect
 
 from .bundle import Bundle
 from .predict import Job, PredictConfig, batches, head_probabilities
@@ -40,17 +40,7 @@ class BundlePredictor:
 
 
 def _ray(address: str):
-    try:
-        import ray
-    except ImportError:
-        raise SpecError("--ray needs Ray Data: pip install 'chainpress[ray]' (or pip install 'ray[data]')") from None
-    if not ray.is_initialized():
-        kwargs = {"include_dashboard": False, "log_to_driver": False, "configure_logging": False}
-        if address == "local":
-            ray.init(num_cpus=os.cpu_count(), **kwargs)
-        else:
-            ray.init(address=address, **kwargs)
-    return ray
+    return connect(address, needs="Ray Data", pip="ray[data]")
 
 
 def predict_ray(cfg: PredictConfig, address: str = "local", workers: int = 1) -> dict:
