@@ -37,14 +37,18 @@ from chain.arch import Arch, arch_for, check_stage
 class PruneConfig:
     heads: float = 0.0  # fraction of attention heads (KV groups for grouped attention) removed per layer
     ffn: float = 0.0  # fraction of FFN intermediate neurons removed in each layer
-    drop_layers: list[int] = field(default_factory=list)  # layers removed whole
+    drop_layers: list[int] = field(default_factory=list)  # layers removed whole, by index
+    # fraction of layers removed whole, the top ones (below the head): of the strategies Sajjad et
+    # al. compare ("On the Effect of Dropping Layers of Pre-trained Transformer Models", 2020) top
+    # dropping kept accuracy best; a fraction fits every depth, which the search ladder needs
+    layers: float = 0.0
     importance: str = "l1"  # "l1" | "taylor"
     taylor_batches: int = 16
     # Per-layer overrides by qualified name, e.g. {"bert.encoder.layer.0": {"heads": 0.0}}
     overrides: dict[str, dict] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        for name in ("heads", "ffn"):
+        for name in ("heads", "ffn", "layers"):
             v = getattr(self, name)
             if not isinstance(v, (int, float)) or not 0 <= v < 1:
                 raise SpecError(f"prune.{name} must be a fraction in [0, 1), got {v!r}")
@@ -168,8 +172,9 @@ def prune_(model: nn.Module, config: PruneConfig,
     report = {"heads": {}, "ffn_kept": {}, "dropped_layers": []}
     if not arch.shared_layers:  # check_stage refused heads/FFN pruning of a shared layer
         _prune_structures(model, arch, prefix, layers, config, batches, report)
-    if config.drop_layers:
-        report["dropped_layers"] = _drop_layers(model, arch, config.drop_layers)
+    drop = layers_to_drop(getattr(model.config, arch.layers_attr), config)
+    if drop:
+        report["dropped_layers"] = _drop_layers(model, arch, drop)
     sync_pruned_heads(model)
     report["params"] = sum(p.numel() for p in model.parameters())
     return report
@@ -263,6 +268,12 @@ def _slice_heads(model: nn.Module, arch: Arch, layers: nn.ModuleList, heads: dic
     if a.kv_heads_attr:
         setattr(cfg, a.kv_heads_attr, n_groups)
     setattr(cfg, a.head_dim_attr, d)
+
+
+def layers_to_drop(n: int, config: PruneConfig) -> list[int]:
+    """``drop_layers`` and the top ``round(n * layers)`` of ``n`` layers (one always stays)."""
+    k = _n_remove(n, config.layers) if config.layers else 0
+    return sorted(set(config.drop_layers) | set(range(n - k, n)))
 
 
 def _drop_layers(model: nn.Module, arch: Arch, drop: list[int]) -> list[int]:

@@ -23,6 +23,18 @@ def test_level_stages_rename_every_branch_stage_and_set_the_level(tmp_path):
     assert mild[0]["parent"] == "finetune"  # the reference is not renamed
     assert all(s["parent"] in names + ["finetune"] for s in mild)
     assert mild[1]["config"]["distill"] == {"teacher": "finetune"}
+    deep = level_stages(template, {"heads": 0.5, "ffn": 0.6, "layers": 1 / 3}, default)
+    assert deep[0]["name"] == "pruned-f60-h50-l33" and deep[0]["config"]["layers"] == 1 / 3
+
+
+def test_the_ladder_is_ordered_by_the_flops_it_keeps():
+    from bench.search import LADDER
+
+    def kept(lv):  # per layer: 4h^2 attention projections, 8h^2 FFN (MiniLM: 12 heads)
+        return (4 * (1 - round(12 * lv["heads"]) / 12) + 8 * (1 - lv["ffn"])) * (1 - lv.get("layers", 0))
+    costs = [kept(lv) for lv in LADDER]
+    assert costs == sorted(costs, reverse=True) and len(set(costs)) == len(costs)
+    assert any(lv.get("layers") for lv in LADDER)
 
 
 def test_search_walks_levels_on_dev_and_stops_at_the_time_budget(tiny_bert_dir, small_task_files, tmp_path):

@@ -69,7 +69,21 @@ def test_drop_layers_and_overrides(tmp_path):
     assert torch.equal(AutoModelForSequenceClassification.from_pretrained(tmp_path).eval()(**x).logits, y)
 
 
-@pytest.mark.parametrize("kw,msg", [({"heads": 1.0}, "fraction"), ({"importance": "random"}, "importance"),
+def test_layers_fraction_drops_the_top_layers_with_their_pruned_heads(tmp_path):
+    m, x = _model(layers=6), _inputs()
+    keep = [m.bert.encoder.layer[i] for i in (0, 2, 3)]
+    report = prune_(m, PruneConfig(heads=0.5, layers=1 / 3, drop_layers=[1]))
+    assert report["dropped_layers"] == [1, 4, 5]  # the index given and the top two of six
+    assert m.config.num_hidden_layers == 3 and list(m.bert.encoder.layer) == keep
+    assert sorted(m.config.pruned_heads) == [0, 1, 2]  # re-keyed by the layers' new positions
+    y = m(**x).logits
+    m.save_pretrained(tmp_path)
+    assert torch.equal(AutoModelForSequenceClassification.from_pretrained(tmp_path).eval()(**x).logits, y)
+    one = _model(layers=2)
+    assert prune_(one, PruneConfig(layers=0.9))["dropped_layers"] == [1]  # one layer always stays
+
+
+@pytest.mark.parametrize("kw,msg", [({"heads": 1.0}, "fraction"), ({"layers": 1.0}, "prune.layers"), ({"importance": "random"}, "importance"),
                                     ({"overrides": {"x": {"bits": 4}}}, "unknown keys")])
 def test_config_errors(kw, msg):
     with pytest.raises(SpecError, match=msg):
