@@ -50,7 +50,7 @@ def markdown(results: dict) -> str:
           "## Stages", "", "| stage | type | task | status | attempts | stage wall s | reason |", "|---|---|---|---|---|---|---|"]
     for s in results["stages"]:
         md.append(f"| {s['name']} | {s['type']} | {s.get('task') or '—'} | {s['status']} | "
-                  f"{len(s.get('attempts', []))} | {_f(s.get('stage_wall_time_s'), '.0f')} | {s.get('reason') or ''} |")
+                  f"{len(s.get('attempts', []))} | {'cached' if s.get('cached') else _f(s.get('wall_time_s'), '.1f')} | {s.get('reason') or ''} |")
     fm = results["forgetting_matrix"]
     md += ["", f"## Accuracy on every task after every stage ({results['eval']['split']} split)", "",
            "Rows: stages (a rolled-back row shows the rejected candidate); columns: tasks, each evaluated "

@@ -82,6 +82,8 @@ def test_rolled_back_stage_keeps_parent_and_says_why(work):
     assert q.format == "torch-int8" and head_tasks(q.path) == ["senti", "topic"]
     report = work["files"]["report.md"]
     assert "rolled_back" in report and "below min_accuracy 0.8" in report
+    a_row = next(line for line in report.splitlines() if line.startswith("| a | finetune |"))
+    assert a_row.split(" | ")[5] == f"{st['a']['wall_time_s']:.1f}"  # the stage's measured wall time
 
 
 def test_rolled_back_last_stage_final_is_parent(work, tmp_path):
