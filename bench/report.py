@@ -10,7 +10,7 @@ COLUMNS = ("stage", "backend", "status", "accuracy", "Δacc (pts)", "p50 ms", "p
 
 
 def _fmt(v, spec: str) -> str:
-    return "—" if v is None else format(v, spec)
+    return "—" if v is None or v != v else format(v, spec)  # v != v: NaN
 
 
 def rows(results: dict) -> list[list[str]]:
@@ -44,6 +44,32 @@ def text_table(results: dict) -> str:
     return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths)) for r in table)
 
 
+COST_COLUMNS = ("stage", "stage wall s", "load s", "load RSS MB", "peak RSS MB", "first call b1 ms",
+                "first call b32 ms")
+
+
+def costs_markdown(results: dict) -> list[str]:
+    """What each row cost besides its steady-state speed: building the stage (training,
+    export; ``cached`` when it was found in the cache), loading the model, its memory and
+    the cold first calls. Peaks are per model only where each ran in a worker of its own."""
+    isolated = results["measure"].get("isolation", "inprocess") == "process"
+    lines = ["## Memory and time", "",
+             "Stage wall s: building the stage in this run. Load s and load RSS: the model's load in its "
+             "timing worker, its runtime library already imported; peak RSS: the worker's own peak "
+             "(ru_maxrss) after every timed call; first call: the cold first call of each batch size."
+             if isolated else
+             "All rows were timed in one process: its peak RSS is shared by every model, so no per-model "
+             "memory or load figure is given (run with `--isolation process` for them).", "",
+             "| " + " | ".join(COST_COLUMNS) + " |", "|" + "---|" * len(COST_COLUMNS)]
+    for s in results["stages"]:
+        mem, timing = s.get("memory_mb") or {}, s.get("timing") or {}
+        wall = "cached" if s.get("cached") else _fmt(s.get("wall_time_s"), ".1f")
+        lines.append("| " + " | ".join([s["name"], wall, _fmt(s.get("load_s"), ".2f"), _fmt(mem.get("load_rss"), ".0f"),
+                                        _fmt(mem.get("peak_rss"), ".0f"), _fmt(s.get("first_call_ms"), ".1f"),
+                                        _fmt(timing.get("first_call_ms_batch32"), ".1f")]) + " |")
+    return lines + [""]
+
+
 def write_reports(results: dict, out_dir: Path, plots: bool = True) -> None:
     """results.json, report.md and (``plots``) the PNGs it links, all in ``out_dir``."""
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -73,6 +99,7 @@ def write_reports(results: dict, out_dir: Path, plots: bool = True) -> None:
         from .flops import markdown as compute_markdown
 
         md += compute_markdown(results["compute"])
+    md += costs_markdown(results)
     if results.get("search"):
         from .search import markdown as search_markdown
 

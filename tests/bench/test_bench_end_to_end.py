@@ -47,7 +47,10 @@ def test_tiny_end_to_end(tiny_bert_dir, small_task_files, tmp_path):
     assert ref["speedup"]["throughput"] == 1.0 and ref["accuracy_delta_points"] == 0
     # fp32 ONNX computes the same function as the reference PyTorch model
     assert saved["stages"][2]["accuracy"] == ref["accuracy"]
-    assert "| onnx-int8 |" in (tmp_path / "out" / "report.md").read_text()
+    report = (tmp_path / "out" / "report.md").read_text()
+    assert "| onnx-int8 |" in report
+    costs = next(ln for ln in report.split("## Memory and time")[1].splitlines() if ln.startswith("| onnx-int8 |"))
+    assert float(costs.split(" | ")[4]) == round(rows["onnx-int8"]["memory_mb"]["peak_rss"])  # its own worker's peak
     assert res["stages"][:-1] == saved["stages"]
 
 

@@ -238,3 +238,19 @@ def test_report_says_how_figures_were_taken(tmp_path, mode, says):
                "environment": {"cpu": "x", "threads": 1, "versions": {}, "date": "today"}, "stages": []}
     write_reports(results, tmp_path, plots=False)
     assert says in (tmp_path / "report.md").read_text()
+
+
+def test_report_gives_each_rows_memory_and_time(tmp_path):
+    from bench.report import write_reports
+
+    timed = {"name": "onnx-int8", "status": "ok", "cached": False, "wall_time_s": 8.65, "load_s": 0.41,
+             "memory_mb": {"peak_rss": 312.4, "load_rss": 23.2}, "first_call_ms": 35.0,
+             "timing": {"first_call_ms_batch32": float("nan")}}
+    cached = {"name": "finetune", "status": "cached", "cached": True, "wall_time_s": 0.2}
+    results = {"task": "sst2", "reference": "finetune", "measure": {"latency_calls": 12, "isolation": "process"},
+               "environment": {"cpu": "x", "threads": 1, "versions": {}, "date": "today"},
+               "stages": [cached, timed]}
+    write_reports(results, tmp_path, plots=False)
+    costs = (tmp_path / "report.md").read_text().split("## Memory and time")[1]
+    assert "| onnx-int8 | 8.7 | 0.41 | 23 | 312 | 35.0 | — |" in costs  # NaN prints as missing
+    assert "| finetune | cached | — | — | — | — | — |" in costs
