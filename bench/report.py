@@ -56,7 +56,7 @@ def costs_markdown(results: dict) -> list[str]:
     lines = ["## Memory and time", "",
              "Stage wall s: building the stage in this run. Load s and load RSS: the model's load in its "
              "timing worker, its runtime library already imported; peak RSS: the worker's own peak "
-             "(ru_maxrss) after every timed call; first call: the cold first call of each batch size."
+             "(VmHWM) after every timed call; first call: the cold first call of each batch size."
              if isolated else
              "All rows were timed in one process: its peak RSS is shared by every model, so no per-model "
              "memory or load figure is given (run with `--isolation process` for them).", "",

@@ -108,6 +108,18 @@ def current_rss_mb() -> float:
 
 
 def peak_rss_mb() -> float:
+    """This process's own peak RSS: ``VmHWM``, the high-water mark of its address space.
+
+    Not ``ru_maxrss``: Linux keeps that across ``execve``, so a worker started by a bench
+    process that holds 2 GB of training state reported the parent's 2 GB as its own peak
+    on every row. ``ru_maxrss`` only where /proc is missing."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024.0  # kB
+    except (OSError, ValueError, IndexError):
+        pass
     import resource
 
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0

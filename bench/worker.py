@@ -49,7 +49,7 @@ class WorkerInfo:
     load_s: float = float("nan")  # load_predictor, wall time, its runtime library already imported
     load_rss_mb: float = float("nan")  # RSS the model added (libraries were imported before)
     first_call_ms: dict[str, float] = field(default_factory=dict)  # per input kind: the cold first call
-    peak_rss_mb: float = float("nan")  # ru_maxrss of the worker at the end
+    peak_rss_mb: float = float("nan")  # the worker's own peak RSS (VmHWM) at the end
     threads: dict = field(default_factory=dict)
     omp_wait_policy: str | None = None
     pid: int = 0

@@ -130,3 +130,19 @@ def test_cuda_events_and_peak_memory():
                          device="cuda")
     assert t.device == "cuda" and 1.5 < t.ratio("mm2", "mm").value < 2.5
     assert t.cuda_max_allocated_mb["mm2"] >= 2 * 16  # x plus two 16 MB results
+
+
+def test_a_started_process_reports_its_own_peak_rss_not_its_parents():
+    """ru_maxrss survives execve: a worker started by a big bench process would report the
+    parent's peak as its own (2180 MB on every row of a real run)."""
+    import subprocess
+    import sys
+
+    from bench.timing import peak_rss_mb
+
+    ballast = np.ones(400 * 2**20 // 8)  # 400 MB resident in this process
+    assert peak_rss_mb() > 400
+    out = subprocess.run([sys.executable, "-c", "from bench.timing import peak_rss_mb; print(peak_rss_mb())"],
+                         capture_output=True, text=True, check=True).stdout
+    assert float(out) < 300, out  # a bare interpreter with numpy imported
+    del ballast
