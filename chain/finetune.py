@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import ClassVar
 
 from . import lora_merge
+from .distill import attach_teacher_logits_, distill_trainer_cls, load_teacher
 from .artifact import Artifact
 from .errors import SpecError, TrainingError
 from .heads import (copy_heads, head_labels, head_tasks, load_head, reinit_head_, save_head, save_head_state,
@@ -101,46 +102,6 @@ def _guarded_trainer_cls():
             return loss
 
     return GuardedTrainer
-
-
-def _distill_trainer_cls(base: type, teacher, settings: DistillSettings):
-    """``base`` with its loss mixed with KL to ``teacher``'s softened logits; the teacher is
-    an attribute of the Trainer, not of the model, so no optimizer or DDP wrapper sees it."""
-    import torch
-    import torch.nn.functional as F
-
-    teacher.eval().requires_grad_(False)
-
-    class DistillTrainer(base):
-        def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-            outputs = model(**inputs)  # CE over the hard labels: outputs.loss
-            with torch.no_grad():
-                t_logits = teacher.to(outputs.logits.device)(**{k: v for k, v in inputs.items()
-                                                                if k != "labels"}).logits
-            T = settings.temperature
-            kl = F.kl_div(F.log_softmax(outputs.logits / T, dim=-1), F.log_softmax(t_logits / T, dim=-1),
-                          log_target=True, reduction="batchmean") * T * T
-            loss = settings.alpha * kl + (1 - settings.alpha) * outputs.loss
-            return (loss, outputs) if return_outputs else loss
-
-    return DistillTrainer
-
-
-def load_teacher(settings: DistillSettings, task: Task, trust_remote_code: bool = False):
-    """The teacher with its head for ``task``; ``SpecError`` if it cannot score that task."""
-    teacher_art = Artifact.load(settings.teacher)
-    teacher = load_model(teacher_art, trust_remote_code=trust_remote_code)
-    head = load_head(teacher_art.path, task.name)
-    own = (teacher_art.manifest.get("task") or {}).get("name")
-    if head is not None:
-        set_head_(teacher, head, task.num_labels)
-    elif own is not None and own != task.name:
-        raise SpecError(f"finetune.distill.teacher {settings.teacher} has no head for task {task.name!r} "
-                        f"(it was trained on {own!r})")
-    if teacher.config.num_labels != task.num_labels:
-        raise SpecError(f"finetune.distill.teacher has {teacher.config.num_labels} outputs, "
-                        f"task {task.name!r} has {task.num_labels} labels")
-    return teacher
 
 
 def _accuracy(eval_pred) -> dict:
@@ -320,13 +281,15 @@ class FineTune(Stage):
             disable_tqdm=True, dataloader_num_workers=0, use_cpu=not _cuda())
         if _distributed():  # frozen parameters are simply outside DDP's buckets
             kw.update(ddp_find_unused_parameters=False, **({} if _cuda() else {"ddp_backend": "gloo"}))
-        if tagged:  # MultiHead reads task_ids; its state_dict is what checkpoints hold
+        if tagged or cfg.distill is not None:  # MultiHead reads task_ids; distillation, teacher_logits
             kw.update(remove_unused_columns=False, label_names=["labels"])
         args = TrainingArguments(**{**kw, **cfg.extra_args})  # extra_args override the defaults
         trainer_cls = _guarded_trainer_cls()
-        if cfg.distill is not None:
-            trainer_cls = _distill_trainer_cls(trainer_cls, load_teacher(cfg.distill, task, ctx.trust_remote_code),
-                                               cfg.distill)
+        teacher_s = None
+        if cfg.distill is not None:  # the teacher scores the train split once, not at every step
+            teacher = load_teacher(cfg.distill, task, ctx.trust_remote_code)
+            teacher_s = attach_teacher_logits_(teacher, train_ds.rows, DataCollatorWithPadding(tok))
+            trainer_cls = distill_trainer_cls(trainer_cls, teacher, cfg.distill)
         if anchor is not None:
             from .regularize import l2sp_trainer_cls
 
@@ -370,6 +333,7 @@ class FineTune(Stage):
                           "frozen_params": frozen, "trainable_params": trainable, "head": head,
                           "processes": int(args.world_size), "shuffled_labels": cfg.shuffle_labels,
                           "distilled_from": cfg.distill.teacher if cfg.distill else None,
+                          "teacher_logits_s": None if teacher_s is None else round(teacher_s, 1),
                           "rehearsal_examples": replayed or None,
                           "lora_merge": None if merged is None else merged[2],
                           "l2sp": None if cfg.l2sp is None else {"weight": cfg.l2sp.weight,

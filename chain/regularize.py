@@ -7,7 +7,7 @@ with ``L_prev`` the squared distance to the previous stage. ``weight: 0`` adds e
 so it trains as plain fine-tuning does. EWC (Kirkpatrick et al., 2017) weighs each squared
 difference by the parent's diagonal Fisher on its own task (``fisher_diagonal``).
 
-The penalty is added in the Trainer's ``compute_loss`` (as ``_distill_trainer_cls`` adds
+The penalty is added in the Trainer's ``compute_loss`` (as ``chain.distill`` adds
 its KL term), so Trainer's loop, DDP and checkpoints are untouched.
 
 >>> anchor = Anchor.of(model)          # before training: a copy of the parent's encoder

@@ -6,7 +6,8 @@ from transformers import BertConfig, BertForSequenceClassification, Trainer, Tra
 
 from chain.artifact import Artifact
 from chain.errors import SpecError
-from chain.finetune import DistillSettings, FineTune, FineTuneConfig, _distill_trainer_cls
+from chain.distill import attach_teacher_logits_, distill_trainer_cls
+from chain.finetune import DistillSettings, FineTune, FineTuneConfig
 from tests.stage_runner import run_stages
 from chain.task import Task
 from compress.prune import PruneConfig, prune_
@@ -24,7 +25,7 @@ BATCH = {"input_ids": torch.randint(0, 120, (4, 9)), "attention_mask": torch.one
 
 
 def _loss(student, teacher, alpha, T, tmp_path):
-    cls = _distill_trainer_cls(Trainer, teacher, DistillSettings(teacher="unused", alpha=alpha, temperature=T))
+    cls = distill_trainer_cls(Trainer, teacher, DistillSettings(teacher="unused", alpha=alpha, temperature=T))
     trainer = cls(model=student, args=TrainingArguments(str(tmp_path), report_to=[], use_cpu=True))
     return trainer.compute_loss(student, dict(BATCH))
 
@@ -84,3 +85,67 @@ def test_settings_validation(kw, msg):
         DistillSettings(**kw)
     with pytest.raises(SpecError, match=msg):
         FineTuneConfig(distill=kw)
+
+
+def test_carried_teacher_logits_give_the_on_the_fly_loss(tmp_path):
+    """Logits computed once (length-sorted, other padding) give the loss a per-step teacher gives."""
+    from transformers import BertTokenizerFast, DataCollatorWithPadding
+
+    student, teacher = _model(0), _model(1)
+    with torch.no_grad():
+        teacher.classifier.weight *= 100
+    lengths = [3, 9, 5, 7]
+    rows = [{"input_ids": torch.randint(5, 120, (n,)).tolist(), "attention_mask": [1] * n, "labels": i % 2}
+            for i, n in enumerate(lengths)]
+    collator = DataCollatorWithPadding(BertTokenizerFast(vocab_file=_vocab(tmp_path)))
+    seconds = attach_teacher_logits_(teacher, rows, collator, batch_size=2)  # batches of other shapes
+    assert seconds >= 0 and all(len(r["teacher_logits"]) == 2 for r in rows)
+    cls = distill_trainer_cls(Trainer, teacher, DistillSettings(teacher="unused", alpha=1.0, temperature=2.0))
+    trainer = cls(model=student, args=TrainingArguments(str(tmp_path), report_to=[], use_cpu=True))
+    with_carried = collator(rows)
+    assert with_carried["teacher_logits"].shape == (4, 2)
+    plain = collator([{k: v for k, v in r.items() if k != "teacher_logits"} for r in rows])
+    carried_loss = trainer.compute_loss(student, dict(with_carried)).item()
+    assert cls.teacher_forwards == 0
+    live_loss = trainer.compute_loss(student, dict(plain)).item()
+    assert cls.teacher_forwards == 1
+    assert carried_loss == pytest.approx(live_loss, rel=1e-4) and carried_loss > 1e-3
+
+
+def _vocab(tmp_path):
+    path = tmp_path / "vocab.txt"
+    path.write_text("\n".join(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *[f"w{i}" for i in range(115)]]))
+    return str(path)
+
+
+def test_training_steps_never_run_the_teacher(tiny_bert, small_task_files, tmp_path, monkeypatch):
+    """Only dev evaluation scores batches with the teacher; every training batch carries its logits."""
+    import chain.distill as distill
+
+    seen = {}
+    real = distill.distill_trainer_cls
+
+    def spy(*a, **kw):
+        seen["cls"] = cls = real(*a, **kw)
+        cls.training_step_forwards = []
+        base_step = cls.training_step
+
+        def training_step(self, *args, **kwargs):
+            before = cls.teacher_forwards
+            out = base_step(self, *args, **kwargs)
+            cls.training_step_forwards.append(cls.teacher_forwards - before)
+            return out
+
+        cls.training_step = training_step
+        return cls
+
+    monkeypatch.setattr("chain.finetune.distill_trainer_cls", spy)
+    task = Task("small", {k: str(v) for k, v in small_task_files.items()}, 2).to_dict()
+    cfg = FineTuneConfig(task=task, epochs=1, batch_size=16, show_progress=False, head="keep",
+                         distill={"teacher": str(tiny_bert)})
+    [res] = run_stages(Artifact.load(tiny_bert), [FineTune(cfg)], tmp_path / "out")
+    assert res.status == "ok", res.reason
+    steps = seen["cls"].training_step_forwards
+    assert steps and not any(steps)  # training batches used the carried logits
+    assert seen["cls"].teacher_forwards > 0  # dev evaluation still ran the teacher
+    assert res.artifact.manifest["train"]["teacher_logits_s"] >= 0

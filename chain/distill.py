@@ -1,0 +1,88 @@
+"""Distillation in ``FineTune``: the loss mixed with KL to a teacher's softened logits.
+
+The teacher's logits for the training examples are computed once, before training, in
+inference mode on length-sorted batches, and carried in each example (``teacher_logits``).
+Without that, a recovery fine-tune runs the full teacher forward at every step of every
+epoch: for the MiniLM teacher and its half-pruned student, batch 32 of 30 tokens on a
+2-vCPU EPYC, 0.17 s of a 0.51 s step. The teacher is in eval mode (no dropout), so its
+logits do not change between epochs; only the padding of a batch differs, which the
+attention mask hides. Batches without carried logits (dev evaluation) run the teacher.
+"""
+from __future__ import annotations
+
+import time
+
+from .artifact import Artifact
+from .errors import SpecError
+from .finetune_config import DistillSettings
+from .heads import load_head, set_head_
+from .model import load_model
+from .task import Task
+
+KEY = "teacher_logits"
+
+
+def load_teacher(settings: DistillSettings, task: Task, trust_remote_code: bool = False):
+    """The teacher with its head for ``task``; ``SpecError`` if it cannot score that task."""
+    teacher_art = Artifact.load(settings.teacher)
+    teacher = load_model(teacher_art, trust_remote_code=trust_remote_code)
+    head = load_head(teacher_art.path, task.name)
+    own = (teacher_art.manifest.get("task") or {}).get("name")
+    if head is not None:
+        set_head_(teacher, head, task.num_labels)
+    elif own is not None and own != task.name:
+        raise SpecError(f"finetune.distill.teacher {settings.teacher} has no head for task {task.name!r} "
+                        f"(it was trained on {own!r})")
+    if teacher.config.num_labels != task.num_labels:
+        raise SpecError(f"finetune.distill.teacher has {teacher.config.num_labels} outputs, "
+                        f"task {task.name!r} has {task.num_labels} labels")
+    return teacher
+
+
+def attach_teacher_logits_(teacher, rows: list[dict], collator, batch_size: int = 64) -> float:
+    """Store ``teacher``'s logits in every row (under ``KEY``); return the seconds it took."""
+    import torch
+
+    t0 = time.perf_counter()
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    teacher.eval().requires_grad_(False).to(device)
+    order = sorted(range(len(rows)), key=lambda i: len(rows[i]["input_ids"]))  # little padding
+    with torch.inference_mode():
+        for start in range(0, len(order), batch_size):
+            idx = order[start:start + batch_size]
+            batch = collator([{k: v for k, v in rows[i].items() if k not in ("labels", KEY)} for i in idx])
+            logits = teacher(**{k: v.to(device) for k, v in batch.items()}).logits.float().cpu()
+            for i, row_logits in zip(idx, logits):
+                rows[i][KEY] = row_logits.tolist()
+    return time.perf_counter() - t0
+
+
+def distill_trainer_cls(base: type, teacher, settings: DistillSettings):
+    """``base`` with its loss mixed with KL to ``teacher``'s softened logits; the teacher is
+    an attribute of the Trainer, not of the model, so no optimizer or DDP wrapper sees it.
+    Logits carried in the batch (``attach_teacher_logits_``) are used instead of a forward."""
+    import torch
+    import torch.nn.functional as F
+
+    teacher.eval().requires_grad_(False)
+
+    class DistillTrainer(base):
+        teacher_forwards = 0  # batches the teacher had to score during training or evaluation
+
+        def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+            carried = inputs.pop(KEY, None)
+            outputs = model(**inputs)  # CE over the hard labels: outputs.loss
+            if carried is not None:
+                t_logits = carried.to(outputs.logits.device, outputs.logits.dtype)
+            else:
+                DistillTrainer.teacher_forwards += 1
+                with torch.no_grad():
+                    t_logits = teacher.to(outputs.logits.device)(**{k: v for k, v in inputs.items()
+                                                                    if k != "labels"}).logits
+            T = settings.temperature
+            kl = F.kl_div(F.log_softmax(outputs.logits / T, dim=-1), F.log_softmax(t_logits / T, dim=-1),
+                          log_target=True, reduction="batchmean") * T * T
+            loss = settings.alpha * kl + (1 - settings.alpha) * outputs.loss
+            return (loss, outputs) if return_outputs else loss
+
+    return DistillTrainer
