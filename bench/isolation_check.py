@@ -24,6 +24,7 @@ from dataclasses import asdict, replace
 from pathlib import Path
 
 from chain.cli import add_common, guarded, positive_int, quiet_libraries
+from chain.environment import cpu_steal_s
 
 from .gate_check import CHAIN, EXTRA, REFERENCE, GateCheckConfig, build
 from .harness import ISOLATION, MeasureConfig
@@ -54,12 +55,16 @@ def _worker(cfg_path: Path, out: Path, mode: str, names: list[str]) -> None:
 
 
 def _spawn(cfg_path: Path, out: Path, mode: str, names: list[str]) -> dict:
+    """Run one process; its figures, plus its wall time and the CPU time the host stole meanwhile."""
     env = {**os.environ, "OMP_WAIT_POLICY": os.environ.get("OMP_WAIT_POLICY", "PASSIVE")}  # as `python -m bench`
+    steal0, t0 = cpu_steal_s(), time.perf_counter()
     p = subprocess.run([sys.executable, "-m", "bench.isolation_check", "--worker", str(cfg_path), str(out), mode,
                         *names], capture_output=True, text=True, env=env)
     if p.returncode != 0:
         raise RuntimeError(f"isolation check process failed:\n{p.stderr[-3000:]}")
-    return json.loads(out.read_text())
+    steal1, wall = cpu_steal_s(), time.perf_counter() - t0
+    stolen = None if steal0 is None or steal1 is None else round(steal1 - steal0, 2)
+    return {**json.loads(out.read_text()), "_host": {"wall_s": round(wall, 1), "steal_s": stolen}}
 
 
 def run_isolation_check(cfg: GateCheckConfig, repeats: int = 5, log=print, modes: tuple[str, ...] | None = None,
@@ -92,8 +97,9 @@ def run_isolation_check(cfg: GateCheckConfig, repeats: int = 5, log=print, modes
             for n in models:
                 for metric in METRICS:
                     ratios[m][n][metric].append(got[f"together:{m}"][n][metric] / got[f"alone:{n}"][n][metric])
-        runs.append({**got, "loadavg_1m": round(os.getloadavg()[0], 2)})
-        log(f"[{time.perf_counter() - t0:5.0f}s] repeat {r} (load {runs[-1]['loadavg_1m']}): " + "; ".join(
+        runs.append({**got, "loadavg_1m": round(os.getloadavg()[0], 2), "steal": _steal_share(got)})
+        log(f"[{time.perf_counter() - t0:5.0f}s] repeat {r} (load {runs[-1]['loadavg_1m']}, "
+            f"steal {_fmt_share(runs[-1]['steal'])}): " + "; ".join(
             f"{m} {n} p50 {ratios[m][n]['p50_ms'][-1]:.3f} thr {ratios[m][n]['samples_per_s'][-1]:.3f}"
             for m in modes for n in models))
     medians = {m: {n: {k: statistics.median(v) for k, v in ms.items()} for n, ms in by.items()}
@@ -110,13 +116,27 @@ def run_isolation_check(cfg: GateCheckConfig, repeats: int = 5, log=print, modes
     return summary
 
 
+def _steal_share(got: dict) -> dict:
+    """Per process of a repeat: the share of its wall time x cores that the host stole."""
+    cores = os.cpu_count() or 1
+    return {label: (None if h["steal_s"] is None else round(h["steal_s"] / (h["wall_s"] * cores), 4))
+            for label, h in ((label, r["_host"]) for label, r in got.items())}
+
+
+def _fmt_share(shares: dict) -> str:
+    vals = [v for v in shares.values() if v is not None]
+    return "n/a" if not vals else f"max {100 * max(vals):.1f}%"
+
+
 def markdown(summary: dict, command: str) -> str:
     env, m = summary["environment"], summary["measure"]
     loads = [r["loadavg_1m"] for r in summary["runs"]]
     pct = round(100 * summary["tolerance"])
     lines = [f"Command: `{command}`. Machine: {env['cpu']}, {env['cores']} cores, {m['threads']} threads, "
              f"torch {env['versions'].get('torch')}, onnxruntime {env['versions'].get('onnxruntime')}; "
-             f"load average (1 min) after each repeat: {', '.join(map(str, loads))}. Date: {env['date']}. "
+             f"load average (1 min) after each repeat: {', '.join(map(str, loads))}; CPU time stolen by the host, "
+             f"most of any process in each repeat: {', '.join(_fmt_share(r.get('steal', {})) for r in summary['runs'])}. "
+             f"Date: {env['date']}. "
              f"Wall time {summary['wall_s']} s. {m['latency_calls']} batch-1 calls, {m['throughput_batches']}x"
              f"{m['throughput_rounds']} batch-32 rounds per process. `process`: one worker process per model, "
              "driven in rotation; `inprocess`: all models in one process; alone: one fresh process per model.", "",

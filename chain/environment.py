@@ -32,6 +32,17 @@ def _cpuinfo() -> tuple[str, list[str]]:
     return cpu or platform.processor(), flags or []
 
 
+def cpu_steal_s() -> float | None:
+    """Seconds of CPU time the hypervisor has taken from this VM since boot (``steal`` in
+    /proc/stat, all CPUs); None where there is no /proc/stat. A difference over a timed run
+    says whether a slow figure was the host's, not the code's."""
+    try:
+        fields = Path("/proc/stat").read_text().splitlines()[0].split()
+        return int(fields[8]) / os.sysconf("SC_CLK_TCK")
+    except (OSError, IndexError, ValueError):
+        return None
+
+
 def cpu_flags() -> list[str]:
     """This CPU's flags among ``INTERESTING_FLAGS`` (empty where /proc/cpuinfo is unreadable)."""
     return _cpuinfo()[1]

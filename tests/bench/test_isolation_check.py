@@ -32,8 +32,11 @@ def test_isolation_check_on_tiny_models(tiny_bert_dir, tmp_path):
             for metric in ("p50_ms", "samples_per_s"):
                 assert len(s["ratios"][mode][n][metric]) == 1 and s["ratios"][mode][n][metric][0] > 0
     run = s["runs"][0]  # one fresh process per 'together' mode and per model alone, each saying how it timed
-    assert {k for k in run if k != "loadavg_1m"} == {"together:process", "together:inprocess",
-                                                    *(f"alone:{n}" for n in expected)}
+    jobs = {"together:process", "together:inprocess", *(f"alone:{n}" for n in expected)}
+    assert {k for k in run if k not in ("loadavg_1m", "steal")} == jobs
+    # each process says how long it ran and how much CPU time the host stole meanwhile
+    assert set(run["steal"]) == jobs and all(run[j]["_host"]["wall_s"] > 0 for j in jobs)
+    assert all(v is None or 0 <= v <= 1 for v in run["steal"].values())
     assert run["together:process"]["fp32"]["timing"]["mode"] == "process"
     assert run["together:process"]["fp32"]["timing"]["latency_turn_warmup"] == 1
     assert run["together:inprocess"]["fp32"]["timing"]["mode"] == "inprocess"
@@ -44,6 +47,7 @@ def test_isolation_check_on_tiny_models(tiny_bert_dir, tmp_path):
     rows = 2 * len(expected)  # a latency and a throughput row per model and mode
     assert md.count("| process |") == rows and md.count("| inprocess |") == rows and "within 10%" in md
     assert md.count("| onnx-int8 | latency p50 |") == 3 and "process / inprocess, per repeat" in md
+    assert "CPU time stolen by the host" in md
 
 
 def test_bad_input_is_one_line_and_exit_2(tmp_path):

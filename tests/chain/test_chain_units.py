@@ -140,3 +140,16 @@ def test_clean_stale_removes_partials_and_restores_interrupted_replace(tmp_path)
     assert removed == [".tmp-b-2-deadbeef"]
     assert sorted(p.name for p in root.iterdir()) == ["a-1", "c-3"]
     assert Artifact.load(root / "a-1").manifest["stage"] == "a" and not (root / "c-3" / "manifest.json.part").exists()
+
+
+def test_cpu_steal_reads_proc_stat(tmp_path, monkeypatch):
+    """steal is the 8th value of /proc/stat's cpu line, in clock ticks; no file gives None."""
+    import chain.environment as env
+
+    stat = tmp_path / "stat"
+    stat.write_text("cpu  19714 0 7963 3134739 604 0 161 5732 0 0\ncpu0 1 2 3 4 5 6 7 8 0 0\n")
+    real = env.Path
+    monkeypatch.setattr(env, "Path", lambda p: real(stat) if p == "/proc/stat" else real(p))
+    assert env.cpu_steal_s() == 5732 / os.sysconf("SC_CLK_TCK")
+    stat.unlink()
+    assert env.cpu_steal_s() is None
