@@ -50,7 +50,8 @@ class UseModel(Stage):
     def run(self, parent: Artifact, out_dir: Path, ctx: RunContext) -> dict:
         task = ctx.require_task(self.name, "evaluates the model on its task")
         cfg = read_config(parent.path)
-        n = len(cfg.get("id2label") or {}) or cfg.get("num_labels")
+        # save_pretrained writes neither id2label nor num_labels for transformers' default of 2
+        n = len(cfg.get("id2label") or {}) or cfg.get("num_labels") or 2
         if n != task.num_labels:
             raise SpecError(f"stage {self.name!r}: the model has {n} labels, task {task.name!r} has "
                             f"{task.num_labels}; give the task the model was fine-tuned on")

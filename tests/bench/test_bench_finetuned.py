@@ -116,3 +116,18 @@ def test_an_onnx_directory_as_optimum_cli_writes_it(trainer_model, tmp_path):
     rows = {r["name"]: r for r in run_chain(spec, tmp_path / "o", log=lambda m: None)["stages"]}
     assert rows["model"]["status"] == "ok" and rows["model"]["format"] == "onnx" and rows["model"]["accuracy"] >= 0.9
     assert rows["q"]["status"] == "ok", rows["q"]["reason"]
+
+
+def test_a_two_label_model_with_transformers_default_labels_is_taken(tiny_bert_dir, tmp_path):
+    """save_pretrained leaves id2label and num_labels out of config.json at the default 2 labels:
+    that is a 2-label model, not one with 'None labels'."""
+    import json
+
+    from chain.link import UseModel
+    from tests.stage_runner import run_stages
+
+    cfg = json.loads((tiny_bert_dir / "config.json").read_text())
+    assert "id2label" not in cfg and "num_labels" not in cfg
+    [r] = run_stages(tiny_bert_dir, [UseModel(parent="source")], tmp_path / "out")
+    assert r.status == "ok", r.reason
+    assert r.artifact.manifest["num_labels"] == 2
