@@ -169,7 +169,8 @@ class ChainRun:
         if not self.done_s:
             return ""
         left = (len(self.spec.stages) - k + 1) * sum(self.done_s) / len(self.done_s)
-        return f" (~{left / 60:.0f} min left at the pace so far)" if left >= 60 else ""
+        # the stages only: bench's timing phase comes after and is not in it
+        return f" (~{left / 60:.0f} min of stages left at the pace so far)" if left >= 60 else ""
 
     def measure(self, node: Node) -> dict[str, dict]:
         return self.evaluator.accuracy(node.artifact, node.tasks) if node.tasks else {}
