@@ -25,8 +25,8 @@ from pathlib import Path
 from typing import ClassVar
 
 from . import lora_merge
-from .distill import attach_teacher_logits_, distill_trainer_cls, load_teacher
 from .artifact import Artifact
+from .distill import attach_teacher_logits_, distill_trainer_cls, load_teacher
 from .errors import SpecError, TrainingError
 from .heads import (copy_heads, head_labels, head_tasks, load_head, reinit_head_, save_head, save_head_state,
                     set_head_, set_labels_)
