@@ -237,18 +237,19 @@ class WorkerPool:
             self._call(self.workers[n], lambda w=self.workers[n]: w.request("inputs", kind, batches))
 
     def time_rotation(self, kind: str, n_calls: int, warmup: int = 5, block: int = 1,
-                      shuffle_seed: int | None = 0, turn_warmup: int = 0) -> Timing:
+                      shuffle_seed: int | None = 0, turn_warmup: int = 0, offset: int = 0) -> Timing:
         """Like ``timing.time_interleaved``, over the workers: ``block`` calls per worker per turn,
-        after ``turn_warmup`` untimed ones.
+        after ``turn_warmup`` untimed ones, on inputs ``offset .. offset + n_calls - 1``.
 
         The first warm-up call of each kind is kept as ``first_call_ms`` (the cold call a user
-        pays once); warm-up calls are not samples.
+        pays once); warm-up calls are not samples. ``warmup=0`` skips the warm-up (a later
+        segment of a run already warmed up, as ``bench.paired_alone`` times them).
         """
-        for n in self.alive:
+        for n in self.alive if warmup > 0 else ():
             w = self.workers[n]
             first = self._call(w, lambda w=w: w.request("run", kind, [0]))
             if first is not None:
-                w.info.first_call_ms[kind] = first[0]
+                w.info.first_call_ms.setdefault(kind, first[0])
                 if warmup > 1:
                     self._call(w, lambda w=w: w.request("run", kind, list(range(1, warmup))))
         samples: dict[str, list[float]] = {n: [] for n in self.alive}
@@ -257,7 +258,7 @@ class WorkerPool:
             order = self.alive
             if shuffle_seed is not None:
                 rng.shuffle(order)
-            idx = list(range(start, min(start + block, n_calls)))
+            idx = list(range(offset + start, offset + min(start + block, n_calls)))
             for n in order:
                 if turn_warmup:  # the worker's weights back in the caches, as when it runs alone
                     self._call(self.workers[n], lambda w=self.workers[n]: w.request("run", kind, idx[:1] * turn_warmup))

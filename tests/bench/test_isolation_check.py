@@ -22,7 +22,7 @@ def test_isolation_check_on_tiny_models(tiny_bert_dir, tmp_path):
                           measure=MeasureConfig(threads=1, latency_calls=10, throughput_batches=1,
                                                 throughput_rounds=2, warmup=2))
     s = run_isolation_check(cfg, repeats=1, log=lambda *_: None, modes=("process", "inprocess"),
-                            models=("fp32", "onnx-int8", "openvino", "torch-bf16"))
+                            models=("fp32", "onnx-int8", "openvino", "torch-bf16"), alone="sequential")
     # OpenVINO is installed with chainpress: it must be timed; torch bf16 only where it is native
     expected = ["fp32", "onnx-int8", "openvino"] + (["torch-bf16"] if cpu_has_bf16() else [])
     assert s["models"] == expected
@@ -48,6 +48,27 @@ def test_isolation_check_on_tiny_models(tiny_bert_dir, tmp_path):
     assert md.count("| process |") == rows and md.count("| inprocess |") == rows and "within 10%" in md
     assert md.count("| onnx-int8 | latency p50 |") == 3 and "process / inprocess, per repeat" in md
     assert "CPU time stolen by the host" in md
+
+
+def test_paired_check_times_alone_in_the_same_driver_process(tiny_bert_dir, tmp_path):
+    """--alone paired (the default): one driver process per mode, which holds both sides."""
+    cfg = GateCheckConfig(work=tmp_path, model=str(tiny_bert_dir), eval_examples=16,
+                          measure=MeasureConfig(threads=1, latency_calls=10, throughput_batches=1,
+                                                throughput_rounds=2, warmup=2))
+    s = run_isolation_check(cfg, repeats=1, log=lambda *_: None, modes=("process", "inprocess"),
+                            models=("fp32", "onnx-int8"), segment=4)
+    assert s["alone"] == "paired" and s["segment"] == 4
+    run = s["runs"][0]
+    assert {k for k in run if k not in ("loadavg_1m", "steal")} == {"paired:process", "paired:inprocess"}
+    for mode in ("process", "inprocess"):
+        got = run[f"paired:{mode}"]
+        assert got["together"]["fp32"]["timing"]["mode"] == mode
+        assert got["alone"]["onnx-int8"]["timing"] == {"mode": "alone-paired", "segment": 4}
+        for n in ("fp32", "onnx-int8"):
+            r = s["ratios"][mode][n]["p50_ms"][0]
+            assert r == pytest.approx(got["together"][n]["p50_ms"] / got["alone"][n]["p50_ms"])
+    md = markdown(s, "python -m bench.isolation_check")
+    assert "alternating every 4 batch-1 calls" in md and "process / inprocess, per repeat" in md
 
 
 def test_bad_input_is_one_line_and_exit_2(tmp_path):
