@@ -69,6 +69,17 @@ def build_config(a: argparse.Namespace):
                        finetuned=a.finetuned, isolation=a.isolation, max_drop=a.max_drop)
 
 
+# a task given by --train/--test: its errors name the task's spec fields, which this user never wrote
+FLAG_WORDS = {"`text_column`": "--text-column", "`label_column`": "--label-column", "`num_labels`": "--num-labels",
+              "`files`": "--train/--dev/--test"}
+
+
+def in_flag_words(msg: str) -> str:
+    for field, flag in FLAG_WORDS.items():
+        msg = msg.replace(field, flag)
+    return msg
+
+
 def main(argv=None, prog: str = "python -m bench") -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     if argv[:1] == ["compare"]:
@@ -83,12 +94,15 @@ def main(argv=None, prog: str = "python -m bench") -> int:
     quiet_libraries(a.verbose, a.quiet)
 
     def body() -> int:
-        from chain.errors import SpecError
+        from chain.errors import ChainpressError, SpecError
 
         from .run import run_bench
 
         log = (lambda msg: None) if a.quiet else print
         cfg = build_config(a)
+        from .timing import pin_interop_threads
+
+        pin_interop_threads(cfg.threads)  # before any training or timing in this process
         search = None
         if a.search:
             from .search import SearchConfig
@@ -100,7 +114,12 @@ def main(argv=None, prog: str = "python -m bench") -> int:
             raise SpecError("--ray runs --search's trials on Ray Tune; add --search or drop it")
         if not a.max_drop >= 0:
             raise SpecError(f"--max-drop must be >= 0 accuracy points, got {a.max_drop}")
-        results = run_bench(cfg, log=log, force=a.force, verbose=a.verbose, quiet=a.quiet, search=search)
+        try:
+            results = run_bench(cfg, log=log, force=a.force, verbose=a.verbose, quiet=a.quiet, search=search)
+        except ChainpressError as e:
+            if cfg.files and not a.spec:  # the task came from flags: name the flag, not the spec field
+                raise type(e)(in_flag_words(str(e))) from None
+            raise
         if a.quiet:
             from .report import text_table
 

@@ -28,7 +28,7 @@ COMMANDS = {
     "kernels-bench": ("kernels.bench:main", False, "time the fused Triton kernels on a CUDA GPU"),
     "gate-check": ("bench.gate_check:main", False, "does the regression gate catch slowdowns (and only those)?"),
     "isolation-check": ("bench.isolation_check:main", False, "in-run timings vs each model timed alone"),
-    "export": ("deploy.cli:export_main", False, "export an artifact: bundle, portable ONNX, Triton repository"),
+    "export": ("deploy.cli:export_main", False, "export an artifact: bundle, portable ONNX, Triton repository, OpenVINO IR"),
     "serve": ("deploy.cli:serve_main", False, "HTTP inference server (KServe v2 + JSON) with metrics"),
     "predict": ("deploy.cli:predict_main", False, "batch prediction over a CSV/TSV/JSONL file"),
 }

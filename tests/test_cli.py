@@ -39,6 +39,16 @@ def test_help_lists_every_command_and_version():
     assert _run("bench", "--version").stdout == v.stdout
 
 
+def test_readme_names_every_command_help_lists():
+    import re
+
+    from bench.cli import COMMANDS
+
+    text = (REPO / "README.md").read_text()
+    para = text[text.index("`chainpress --help` lists every job"):]
+    assert re.findall(r"`([a-z-]+)`", para[:para.index(")")]) == list(COMMANDS)
+
+
 def test_unknown_command_is_bad_input():
     one_line_error(_run("frobnicate"), "unknown command", "chainpress --help")
 

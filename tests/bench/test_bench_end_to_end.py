@@ -71,7 +71,7 @@ def test_cli_missing_data_file(tmp_path):
 def test_cli_missing_label_column(tmp_path):
     f = write_tsv(tmp_path / "d.tsv", [(1, "great")], header=("polarity", "sentence"))
     _one_line_error(_cli("--num-labels", "2", "--train", str(f), "--test", str(f), "--output", str(tmp_path / "o")),
-                    "no column 'label'", "label_column")
+                    "no column 'label'", "set --label-column")  # the flag this user can set, not the spec field
 
 
 def test_cli_empty_file(tmp_path):
