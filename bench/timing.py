@@ -134,6 +134,22 @@ def thread_counts() -> dict[str, int]:
             "omp_num_threads_env": int(os.environ.get("OMP_NUM_THREADS", 0) or 0)}
 
 
+def pin_interop_threads(n: int) -> bool:
+    """PyTorch's inter-op pool to ``n`` threads, so a run under ``--threads 1`` records 1, not the core count.
+
+    Possible only before the process's first parallel PyTorch work: False when too late.
+    """
+    import torch
+
+    if torch.get_num_interop_threads() == n:
+        return True
+    try:
+        torch.set_num_interop_threads(n)
+    except RuntimeError:
+        return False
+    return True
+
+
 @contextlib.contextmanager
 def fixed_threads(n: int) -> Iterator[None]:
     """Run PyTorch with exactly ``n`` intra-op threads inside the block, then restore.

@@ -63,7 +63,9 @@ def _serve(conn, artifact_dir: str, threads: int, trust_remote_code: bool, devic
     try:
         from chain.artifact import Artifact
         from chain.runtime import load_predictor
-        from .timing import current_rss_mb, fixed_threads, peak_rss_mb, thread_counts
+        from .timing import current_rss_mb, fixed_threads, peak_rss_mb, pin_interop_threads, thread_counts
+
+        pin_interop_threads(threads)  # a fresh interpreter: nothing has run on the pool yet
 
         art = Artifact.load(artifact_dir)
         # its runtime imported before the clock starts: load_s and load_rss are the model's own

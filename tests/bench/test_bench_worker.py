@@ -75,6 +75,7 @@ def test_one_worker_per_model_same_schema_paired_ci(arts, started):
             assert lo <= r["speedup"][k] <= hi, k
         assert r["memory_mb"]["peak_rss"] > r["memory_mb"]["load_rss"] > 0
         assert r["load_s"] > 0 and r["first_call_ms"] > 0 and r["threads"]["torch_intra_op"] == 1
+        assert r["threads"]["torch_inter_op"] == 1  # --threads 1 means 1, not the core count
     assert rows["fp32"]["speedup"] == {"throughput": 1.0, "latency_p50": 1.0, "latency_tmean": 1.0}
     # each worker's own memory, not one process figure repeated on every row
     assert len({r["memory_mb"]["load_rss"] for r in rows.values()}) == 4
