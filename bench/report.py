@@ -90,7 +90,9 @@ def write_reports(results: dict, out_dir: Path, plots: bool = True) -> None:
           "`python -m bench compare` gates the trimmed-mean and throughput speedups (in results.json) with "
           "their intervals plus a run-to-run noise floor (docs/gating.md). "
           "Rows marked (peer) are what a user gets without chainpress; they are not gated.",
-          "", markdown_table(results), ""]
+          ""]
+    md += [f"**Warning:** {w}." for w in results.get("warnings") or []] + ([""] if results.get("warnings") else [])
+    md += [markdown_table(results), ""]
     if results.get("best"):
         from .best import markdown as best_markdown
 

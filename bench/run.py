@@ -81,6 +81,9 @@ def run_bench(cfg: BenchConfig, log=print, force: str | None = None, verbose: bo
             for i, row in enumerate(rows):  # one key set for every row, timed or not
                 rows[i] = StageRecord.from_dict({**row, **speed.get(row["name"], {})}).to_dict()
         add_relative(rows, ref)
+        if warning := one_class_reference(rows, ref, ref_task, run):
+            results["warnings"] = [warning]
+            log(f"warning: {warning}")
         split = add_selection_accuracy(rows, run)
         results["best"] = best_per_workload(rows, ref, budget, split)
         if timed:
@@ -92,6 +95,21 @@ def run_bench(cfg: BenchConfig, log=print, force: str | None = None, verbose: bo
     if not quiet:
         log("\n" + text_table(results) + f"\n\nwrote {out / 'results.json'} and {out / 'report.md'}")
     return results
+
+
+def one_class_reference(rows: list[dict], ref: str, task: str | None, run) -> str | None:
+    """Why the run's accuracy figures say nothing, when the reference answers one class for every
+    example (a failed fine-tune, or labels that do not match the text): every row then sits
+    'within budget' of a constant."""
+    row = next((r for r in rows if r["name"] == ref and r.get("artifact")), None)
+    if row is None or task is None or task not in run.spec.tasks:
+        return None
+    res = run.evaluator.accuracy(Artifact.load(row["artifact"]), [task])[task]  # cached: no second pass
+    if res.get("predicted_classes") != 1 or run.spec.tasks[task].num_labels < 2:
+        return None
+    return (f"the reference `{ref}` predicts one class for every {run.spec.eval.split} example of {task} "
+            f"(accuracy {res['accuracy']:.4f} is that class's share), so no accuracy or delta here measures a "
+            "model; check that the labels match the texts, or fine-tune longer (--epochs) or from another model")
 
 
 def compute_of_pick(best: dict, rows: list[dict], texts: list[str], measure: MeasureConfig,

@@ -106,7 +106,7 @@ class Evaluator:
         if artifact.format != "hf" and model_loader(artifact.format) is None:  # onnx, openvino: a runtime only
             return self._measure_onnx(artifact, tasks, own)
         from .model import load_model
-        from .predict import accuracy, torch_predictor
+        from .predict import scores, torch_predictor
 
         model = load_model(artifact, trust_remote_code=self.trust_remote_code)
         out = {}
@@ -122,11 +122,11 @@ class Evaluator:
                 out[t] = {"accuracy": None, "examples": 0,
                           "note": f"the model has {n_out} outputs, task {t} has {task.num_labels} labels"}
                 continue
-            out[t] = {"accuracy": accuracy(pred, batches, self.split(t).labels), "examples": len(self.split(t))}
+            out[t] = {**scores(pred, batches, self.split(t).labels), "examples": len(self.split(t))}
         return out
 
     def _measure_onnx(self, artifact: Artifact, tasks: list[str], own: str | None) -> dict[str, dict]:
-        from .predict import accuracy
+        from .predict import scores
         from .runtime import load_predictor
 
         heads = artifact.manifest.get("heads") or {}
@@ -145,7 +145,7 @@ class Evaluator:
                           "note": f"the model has {n_out} outputs for {t}, task {t} has "
                                   f"{self.tasks[t].num_labels} labels"}
                 continue
-            out[t] = {"accuracy": accuracy(pred, batches, self.split(t).labels), "examples": len(self.split(t))}
+            out[t] = {**scores(pred, batches, self.split(t).labels), "examples": len(self.split(t))}
         return out
 
     def latency(self, artifact: Artifact, parent: Artifact, task: str) -> dict:

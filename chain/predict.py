@@ -50,11 +50,18 @@ def encode_batches(tokenizer, texts: list[str], batch_size: int, max_length: int
 
 
 def accuracy(predictor: Predictor, batches, labels: list[int]) -> float:
-    correct = 0
+    return scores(predictor, batches, labels)["accuracy"]
+
+
+def scores(predictor: Predictor, batches, labels: list[int]) -> dict:
+    """Accuracy, and how many distinct classes the model predicted: 1 means it answers one class
+    whatever the input (its accuracy is then that class's share, not a measure of the model)."""
+    correct, seen = 0, set()
     for idx, enc in batches:
-        pred = predictor(enc).argmax(-1)
-        correct += int(sum(int(p) == labels[i] for p, i in zip(pred, idx)))
-    return correct / len(labels)
+        pred = [int(p) for p in predictor(enc).argmax(-1)]
+        seen.update(pred)
+        correct += sum(p == labels[i] for p, i in zip(pred, idx))
+    return {"accuracy": correct / len(labels), "predicted_classes": len(seen)}
 
 
 def hf_predictor(artifact, threads: int, trust_remote_code: bool = False) -> Predictor:
