@@ -241,7 +241,7 @@ class WorkerPool:
     def time_rotation(self, kind: str, n_calls: int, warmup: int = 5, block: int = 1,
                       shuffle_seed: int | None = 0, turn_warmup: int = 0, offset: int = 0) -> Timing:
         """Like ``timing.time_interleaved``, over the workers: ``block`` calls per worker per turn,
-        after ``turn_warmup`` untimed ones, on inputs ``offset .. offset + n_calls - 1``.
+        after ``turn_warmup`` untimed ones (in the same request), on inputs ``offset ..``.
 
         The first warm-up call of each kind is kept as ``first_call_ms`` (the cold call a user
         pays once); warm-up calls are not samples. ``warmup=0`` skips the warm-up (a later
@@ -262,13 +262,14 @@ class WorkerPool:
                 rng.shuffle(order)
             idx = list(range(offset + start, offset + min(start + block, n_calls)))
             for n in order:
-                if turn_warmup:  # the worker's weights back in the caches, as when it runs alone
-                    self._call(self.workers[n], lambda w=self.workers[n]: w.request("run", kind, idx[:1] * turn_warmup))
-                    if n in self.failed:
-                        continue
-                got = self._call(self.workers[n], lambda w=self.workers[n]: w.request("run", kind, idx))
+                # the untimed call(s) in the same request as the timed ones: the worker goes from
+                # warm-up to timing without sleeping on its socket in between, as a model
+                # running alone does (a separate request put ORT int8's batch-1 p50 at 1.13x
+                # alone, paired in time: docs/results/isolation-paired-2026-12-04-avx2.md)
+                got = self._call(self.workers[n],
+                                 lambda w=self.workers[n]: w.request("run", kind, idx[:1] * turn_warmup + idx))
                 if got is not None:
-                    samples[n] += got
+                    samples[n] += got[turn_warmup:]
         for n in self.alive:  # peak RSS and threads as the worker saw them
             got = self._call(self.workers[n], lambda w=self.workers[n]: w.request("info"))
             if got:
