@@ -37,7 +37,11 @@ class MeasureConfig:
     seed: int = 0
     device: str = "cpu"  # "cuda": CUDA-event timing with synchronisation
     isolation: str = "process"  # one worker process per model | "inprocess": all models in this process
-    latency_block: int = 1  # consecutive batch-1 calls a model gets per turn of the rotation
+    # consecutive batch-1 calls a model gets per turn of the rotation. At 1, ONNX Runtime's
+    # batch-1 p50 in worker rotation was 1.10x (fp32) and 1.10x (int8) the same model timed alone
+    # in the same minutes, turn warm-up and all; at 10 it was 0.90-1.03x, PyTorch and OpenVINO
+    # within 10% either way (docs/results/isolation-paired-2026-12-04-avx2.md)
+    latency_block: int = 10
     # untimed batch-1 calls that start each turn: after the other models' turns a small model's
     # weights are out of the caches, which inflated ORT int8's batch-1 p50 by 1.13x against it
     # timed alone (docs/results/isolation-check-6-runtimes-2026-12-02.md); 0 = off

@@ -174,7 +174,8 @@ def markdown(summary: dict, command: str) -> str:
              f"most of any process in each repeat: {', '.join(_fmt_share(r.get('steal', {})) for r in summary['runs'])}. "
              f"Date: {env['date']}. "
              f"Wall time {summary['wall_s']} s. {m['latency_calls']} batch-1 calls, {m['throughput_batches']}x"
-             f"{m['throughput_rounds']} batch-32 rounds per process. `process`: one worker process per model, "
+             f"{m['throughput_rounds']} batch-32 rounds per process; batch-1 turns of {m.get('latency_block', 1)} "
+             f"call(s) after {m.get('latency_turn_warmup', 0)} untimed. `process`: one worker process per model, "
              "driven in rotation; `inprocess`: all models in one process; alone: one fresh process per model"
              + (f", in the same driver process and minutes as the together figures, the two sides alternating "
                 f"every {summary['segment']} batch-1 calls and every batch-32 round (`bench/paired_alone.py`)."
@@ -224,6 +225,9 @@ def main(argv=None, prog: str = "python -m bench.isolation_check") -> int:
                         "figures in one driver process, so both see the same minutes of the host; sequential: "
                         "fresh processes one after another (drift of the host lands in the ratio)")
     p.add_argument("--segment", type=positive_int, default=30, help="batch-1 calls per paired segment (default: 30)")
+    p.add_argument("--latency-block", type=positive_int, default=MeasureConfig.latency_block,
+                   help=f"batch-1 calls a model gets per turn of the rotation (default: bench's, "
+                        f"{MeasureConfig.latency_block})")
     p.add_argument("--report", type=Path, help="also write the Markdown table here")
     p.add_argument("--worker", nargs="+", help=argparse.SUPPRESS)
     p.add_argument("--paired", nargs="+", help=argparse.SUPPRESS)
@@ -243,7 +247,7 @@ def main(argv=None, prog: str = "python -m bench.isolation_check") -> int:
 
 def _check(a, argv) -> int:
     measure = MeasureConfig(threads=a.threads, latency_calls=a.latency_calls, throughput_batches=4,
-                            throughput_rounds=a.throughput_rounds, warmup=5)
+                            throughput_rounds=a.throughput_rounds, warmup=5, latency_block=a.latency_block)
     modes = ISOLATION if a.mode == "both" else (a.mode,)
     cfg = GateCheckConfig(work=a.output, model=a.model, measure=replace(measure, isolation=modes[0]))
     summary = run_isolation_check(cfg, a.repeats, modes=modes, models=tuple(a.models), alone=a.alone,

@@ -69,6 +69,7 @@ def test_paired_check_times_alone_in_the_same_driver_process(tiny_bert_dir, tmp_
             assert r == pytest.approx(got["together"][n]["p50_ms"] / got["alone"][n]["p50_ms"])
     md = markdown(s, "python -m bench.isolation_check")
     assert "alternating every 4 batch-1 calls" in md and "process / inprocess, per repeat" in md
+    assert "batch-1 turns of 10 call(s) after 1 untimed" in md  # bench's default turn, stated
 
 
 def test_bad_input_is_one_line_and_exit_2(tmp_path):
