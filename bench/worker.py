@@ -264,8 +264,9 @@ class WorkerPool:
             for n in order:
                 # the untimed call(s) in the same request as the timed ones: the worker goes from
                 # warm-up to timing without sleeping on its socket in between, as a model
-                # running alone does (a separate request put ORT int8's batch-1 p50 at 1.13x
-                # alone, paired in time: docs/results/isolation-paired-2026-12-04-avx2.md)
+                # running alone does (ORT int8 batch-1 p50 vs alone, paired in time: 1.13x with
+                # a separate request, 1.10x without; 1.01x with 10 calls per turn as well,
+                # docs/results/isolation-paired-2026-12-04-avx2.md)
                 got = self._call(self.workers[n],
                                  lambda w=self.workers[n]: w.request("run", kind, idx[:1] * turn_warmup + idx))
                 if got is not None:
