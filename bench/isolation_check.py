@@ -9,7 +9,8 @@ does in each ``--mode``, and each alone in a fresh process of its own, ``--repea
 rotating order, and reports together/alone for batch-1 p50 latency and batch-32 throughput.
 By default (``--alone paired``) the alone processes run in the same minutes as the together
 figures, in alternating segments (``bench/paired_alone.py``): timed minutes apart, the ratio
-also carried how the shared host had changed meanwhile, by up to 40% on a 2-vCPU EPYC.
+also carried how the shared host had changed meanwhile (ORT int8 alone: 4.90 then 3.86 ms
+12 minutes later on a 2-vCPU EPYC).
 Pass: every median ratio within ±10%.
 
 >>> python -m bench.isolation_check --repeats 3 --mode both --report bench-out/gate-check/isolation.md
@@ -193,9 +194,9 @@ def markdown(summary: dict, command: str) -> str:
         # the two modes' together figures of a repeat ran next to each other: their ratio shows
         # what the mode changes
         lines += ["", "| model | metric | process / inprocess, per repeat | median |", "|---|---|---|---|"]
+        alone = summary.get("alone", "sequential")
         for n in summary["models"]:
             for metric in METRICS:
-                alone = summary.get("alone", "sequential")
                 vals = [_figures(r, alone, "process", n)[0][metric] / _figures(r, alone, "inprocess", n)[0][metric]
                         for r in summary["runs"]]
                 lines.append(f"| {n} | {METRICS[metric]} | {', '.join(f'{v:.3f}' for v in vals)} | "

@@ -2,8 +2,8 @@
 
 Timing the 'together' figures in one process and the 'alone' ones in other processes minutes
 later compares two states of a shared host: on a 2-vCPU EPYC the same ONNX Runtime int8
-model's batch-1 p50, timed alone, moved from 3.8 to 5.5 ms within ten minutes with no other
-job of ours running (docs/results/isolation-paired-2026-12-04-avx2.md). Here one driver
+model's batch-1 p50, timed alone, went 4.90, 4.42, 3.86 ms in three repeats about 6 minutes
+apart, steal at most 0.4% (docs/results/isolation-paired-2026-12-04-avx2.md). Here one driver
 process holds both
 
 - the models as bench times them: one worker process each, driven in rotation by bench's own
@@ -36,8 +36,7 @@ def _alone_segment(pool: WorkerPool, kind: str, offset: int, n: int, rng: random
     names = pool.alive
     rng.shuffle(names)
     for name in names:
-        w = pool.workers[name]
-        got = pool._call(w, lambda w=w: w.request("run", kind, [offset] + list(range(offset, offset + n))))
+        got = pool.run(name, kind, [offset] + list(range(offset, offset + n)))
         if got is not None:
             out[name] = got[1:]
     return out

@@ -233,6 +233,11 @@ class WorkerPool:
             w.close()
             return None
 
+    def run(self, name: str, kind: str, indices: list[int]) -> list[float] | None:
+        """One request to worker ``name``: its per-call ms on ``indices``, or None if it left the rotation."""
+        w = self.workers[name]
+        return self._call(w, lambda: w.request("run", kind, indices))
+
     def send_inputs(self, kind: str, batches: list[dict]) -> None:
         """The same encoded batches to every worker, once."""
         for n in self.alive:

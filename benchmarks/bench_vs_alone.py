@@ -8,6 +8,10 @@ rotating order. Prints, per stage and run, batch-1 p50 and batch-32 throughput, 
 the alone figure, and the batch-1 speed-up over the reference as bench printed it and as the
 alone figures give it.
 
+Its alone processes run after the bench runs, so the host's drift meanwhile lands in the
+ratios; ``benchmarks/bench_paired.py`` times both sides in the same minutes and is the one
+to read for issue 16 (docs/results/bench-paired-2026-12-04-avx2.md).
+
 >>> python benchmarks/bench_vs_alone.py --runs process=OUT1 inprocess=OUT2 --stages finetune onnx-int8
 """
 from __future__ import annotations

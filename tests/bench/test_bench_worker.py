@@ -13,7 +13,6 @@ import time
 
 import pytest
 
-from bench.gate_check import GateCheckConfig, build
 from bench.harness import MeasureConfig, measure_speed
 from bench.worker import Worker
 from chain.artifact import Artifact
@@ -22,14 +21,6 @@ from tests.conftest import REPO
 
 SMALL = dict(threads=1, latency_calls=12, throughput_batches=1, throughput_rounds=2, warmup=2)
 TEXTS = builtin_task("sst2").load("test").texts[:200]
-
-
-@pytest.fixture(scope="module")
-def chain_dirs(tiny_bert_dir, tmp_path_factory):
-    """fp32 (PyTorch), int8 (torch-int8), onnx and onnx-int8 (ONNX Runtime) of the tiny BERT."""
-    cfg = GateCheckConfig(work=tmp_path_factory.mktemp("chain"), model=str(tiny_bert_dir), eval_examples=16,
-                          measure=MeasureConfig(**SMALL))
-    return build(cfg, log=lambda *_: None)
 
 
 @pytest.fixture

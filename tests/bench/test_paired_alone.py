@@ -1,7 +1,6 @@
 """Together and alone paired in time (bench/paired_alone.py), on tiny BERT artifacts: machinery, not speed."""
 import pytest
 
-from bench.gate_check import GateCheckConfig, build
 from bench.harness import MeasureConfig
 from bench.paired_alone import time_paired
 from bench.worker import Worker
@@ -12,11 +11,9 @@ SMALL = dict(threads=1, latency_calls=12, throughput_batches=1, throughput_round
 TEXTS = builtin_task("sst2").load("test").texts[:200]
 
 
-@pytest.fixture(scope="module")
-def arts(tiny_bert_dir, tmp_path_factory):
-    cfg = GateCheckConfig(work=tmp_path_factory.mktemp("chain"), model=str(tiny_bert_dir), eval_examples=16,
-                          measure=MeasureConfig(**SMALL))
-    by = {a.name: a for a in (Artifact.load(d) for d in build(cfg, log=lambda *_: None))}
+@pytest.fixture
+def arts(chain_dirs):
+    by = {a.name: a for a in (Artifact.load(d) for d in chain_dirs)}
     return [by["fp32"], by["onnx-int8"]]
 
 
