@@ -133,6 +133,12 @@ def test_best_budgets_on_dev_never_on_test():
     assert lat["ours"]["name"] == "onnx-int8"
     assert lat["ours"]["delta_points"] == pytest.approx(-2.0) and lat["ours"]["selection_delta_points"] == 0
     assert "onnx-int4 (-3.00 pts)" in lat["reason"]
+    # ... and said, in results.json and report.md, never hidden in the main table
+    assert lat["test_over_budget"] and not best["throughput_b32"]["test_over_budget"]
+    assert "on test it is -2.00 pts, over the 1.0 point budget" in lat["reason"]
+    md = "\n".join(markdown(best))
+    assert "| onnx-int8 | onnxruntime | 2.3 | +0.00 / -2.00 (over) |" in md
+    assert "| +0.40 / +0.40 |" in md
     # a row never evaluated on dev is no candidate
     rows.append({**_row("unselected", 0.9, 0.01, 10 ** 6), "selection_accuracy": None})
     assert "unselected" not in str(best_per_workload(rows, "finetune"))
