@@ -29,7 +29,7 @@ def parser(prog: str = "python -m bench") -> argparse.ArgumentParser:
                    "the reference row and compress it as it is (no training stage)")
     p.add_argument("--task", help="built-in task for every fine-tune stage: sst2 (default), sst5, subj, trec")
     p.add_argument("--train", help="your own train file (TSV/CSV/JSONL); needs --test too")
-    p.add_argument("--dev", help="your own dev file (default: a seeded 10%% of train)")
+    p.add_argument("--dev", help="your own dev file (default: a seeded 10%% of train; with --finetuned: none, picks are budgeted on test and say so)")
     p.add_argument("--test", help="your own test file")
     p.add_argument("--text-column", default="sentence", help="(default: sentence)")
     p.add_argument("--label-column", default="label", help="(default: label)")

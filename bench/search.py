@@ -45,6 +45,9 @@ LADDER = ({"heads": 0.25, "ffn": 0.4}, {"heads": 0.5, "ffn": 0.6}, {"heads": 0.5
           {"heads": 0.5, "ffn": 0.75}, {"heads": 0.5, "ffn": 0.6, "layers": 1 / 3}, {"heads": 0.67, "ffn": 0.8})
 
 
+NOT_FOR_MODEL = "not for this model"
+
+
 @dataclass
 class SearchConfig:
     max_drop: float = 1.0  # accuracy points on dev the recovered model may lose vs the reference
@@ -122,6 +125,14 @@ def plan_of(cfg: BenchConfig) -> Plan:
     return Plan(raw, base, template, default, others, ref)
 
 
+def refusal(plan: Plan, level: dict) -> str:
+    """'' if this model's architecture can prune at ``level``, else why not (``chain.arch``):
+    e.g. Qwen2 prunes heads as whole KV groups, so heads 0.25 of 2 groups removes none."""
+    branch = plan.branch(level)
+    _, refused = drop_unsupported(parse_spec({**plan.raw, "stages": [plan.ref_stage] + branch[:2]}, plan.base))
+    return f"{refused[0][0]} is {refused[0][3]}" if refused else ""
+
+
 def probe(plan: Plan, level: dict, output: Path, threads: int, log=print) -> dict:
     """Prune + recovery of one level after the reference, run (or found cached) in ``output``:
     -> {stage, dev accuracy of the reference and of the recovered model, artifacts, reason}."""
@@ -157,8 +168,13 @@ def _walk(cfg: BenchConfig, search: SearchConfig, plan: Plan, log) -> tuple[list
     """In this process, mild to aggressive, stopping at the first level over budget."""
     t0, trials, kept = time.perf_counter(), [], []
     for level in search.levels:
+        why = refusal(plan, level)
+        if why:  # a level this architecture cannot take is said and passed over, never fatal
+            log(f"search: level {level} passed over: {why}")
+            trials.append({"level": level, "status": NOT_FOR_MODEL, "reason": why})
+            continue
         spent = time.perf_counter() - t0
-        if trials and spent > search.time_budget_s:  # the first level always runs
+        if any("stage" in t for t in trials) and spent > search.time_budget_s:  # the first level always runs
             trials.append({"level": level, "status": "not tried",
                            "reason": f"--time-budget {search.time_budget_s:g} s spent ({spent:.0f} s)"})
             continue

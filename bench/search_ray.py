@@ -29,7 +29,7 @@ from chain.ray_cluster import connect, cpus
 from chain.spec import parse_spec
 from chain.stage import RunContext
 
-from .search import Plan, SearchConfig, _suffix, judge, probe
+from .search import NOT_FOR_MODEL, Plan, SearchConfig, _suffix, judge, probe, refusal
 from .spec import BenchConfig
 
 TRIALS = "search-trials"
@@ -105,9 +105,14 @@ def tune_levels(cfg: BenchConfig, search: SearchConfig, plan: Plan, log) -> tupl
         raise SpecError(f"--threads {cfg.threads} per trial, but the Ray cluster has {have:g} CPUs: lower --threads")
     output = Path(cfg.output).resolve()
     ref = _reference(cfg, plan, log)
-    levels = search.levels
+    refused = {i: why for i, lv in enumerate(search.levels) if (why := refusal(plan, lv))}
+    levels = [lv for i, lv in enumerate(search.levels) if i not in refused]
     log(f"search: {len(levels)} levels as Ray Tune trials, {cfg.threads} CPU(s) each, "
-        f"{int(have // cfg.threads)} at a time")
+        f"{int(have // cfg.threads)} at a time" + (f"; {len(refused)} passed over (not for this model)"
+                                                    if refused else ""))
+    if not levels:
+        return [{"level": lv, "status": NOT_FOR_MODEL, "reason": refused[i]}
+                for i, lv in enumerate(search.levels)], []
     fn = tune.with_parameters(_trainable, plan=plan, output=str(output), threads=cfg.threads, ref_artifact=str(ref),
                               t0=time.time(), budget=search.time_budget_s)
     tuner = tune.Tuner(tune.with_resources(fn, {"cpu": cfg.threads}),
@@ -118,8 +123,12 @@ def tune_levels(cfg: BenchConfig, search: SearchConfig, plan: Plan, log) -> tupl
     by_index = {}
     for r in tuner.fit():
         by_index[r.config["trial"]["index"]] = (r.metrics or {}, r.error)
-    trials, kept = [], []
-    for i, level in enumerate(levels):
+    trials, kept, ran = [], [], iter(range(len(levels)))
+    for j, level in enumerate(search.levels):
+        if j in refused:
+            trials.append({"level": level, "status": NOT_FOR_MODEL, "reason": refused[j]})
+            continue
+        i = next(ran)
         metrics, error = by_index.get(i, ({}, "Ray Tune returned no result"))
         if error or metrics.get("status") not in ("ran", "not tried"):
             first = str(error or metrics).strip().splitlines()

@@ -23,6 +23,7 @@ REFERENCE = "finetune"  # the default chain's reference row
 # under 3 minutes (docs/results/bench-quick-2026-11-23.md).
 QUICK_FINETUNE = {"epochs": 1.0, "max_train_samples": 1600, "learning_rate": 3.0e-4, "max_eval_samples": 200}
 QUICK_TEST_SAMPLES = 300
+DEV_HOLDOUT = 0.1  # share of --train held out as dev when no --dev is given
 
 
 @dataclass
@@ -88,7 +89,11 @@ def bench_raw(cfg: BenchConfig) -> tuple[dict, Path]:
             raw.setdefault("tasks", {})["custom"] = {
                 "files": {k: str(Path(v).expanduser().resolve()) for k, v in cfg.files.items()},
                 "text_column": cfg.text_column, "label_column": cfg.label_column,
-                **({"num_labels": cfg.num_labels} if cfg.num_labels is not None else {})}
+                **({"num_labels": cfg.num_labels} if cfg.num_labels is not None else {}),
+                # no --dev: a seeded 10% of train is the dev split that gates, the search and the
+                # pick decide on (never the test file). Not under --finetuned: that model has seen
+                # its train file, so there the pick is budgeted on test and says so.
+                **({"holdout": {"dev": DEV_HOLDOUT}} if "dev" not in cfg.files and not cfg.finetuned else {})}
         for st in raw["stages"]:
             if isinstance(st, dict) and "task" in st:
                 st["task"] = new

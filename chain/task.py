@@ -173,6 +173,10 @@ class Task:
         if carved:
             full = read_file(Path(self.files[pool]))
             idx = self._holdout_indices(len(full.records))[split]
+            if not idx and full.records:
+                raise DataError(f"{full.where} has {len(full.records)} example(s), too few to hold out "
+                                f"{self.holdout.get(split, 0):g} of them as the {split!r} split; give a {split} "
+                                "file in `files`")
             return Rows(full.where, full.unit, [full.records[i] for i in idx], [full.lines[i] for i in idx])
         raise DataError(f"no {split!r} split; give a file for it in `files`")
 
@@ -182,6 +186,8 @@ class Task:
         start, parts = 0, {}
         for name in sorted(self.holdout):  # "dev", "test": stable order
             n = int(round(self.holdout[name] * n_rows))
+            if self.holdout[name] > 0 and n_rows - start >= 2:  # a tiny file still gets one example
+                n = min(max(n, 1), n_rows - start - 1)
             parts[name] = sorted(order[start:start + n])
             start += n
         parts["train"] = sorted(order[start:])
@@ -201,13 +207,17 @@ class Task:
         return self._survey()[1]
 
     def _survey(self) -> tuple[dict[str, int], list[str]]:
-        sizes, label_sets, problems = {}, {}, []
+        sizes, label_sets, problems, failed = {}, {}, [], set()
+        pool = "all" if "all" in self.files else "train"
         for split in SPLITS:
             if self.has_split(split):
+                if split in self.holdout and pool in failed:
+                    continue  # carved from a file whose problem is already said
                 try:
                     data = self.load(split)
                 except DataError as e:  # the same label-space error can reach every split once
                     problems += [str(e)] if str(e) not in problems else []
+                    failed.add(split)
                     continue
                 sizes[split], label_sets[split] = len(data), set(data.labels)
         if not self.has_split("train"):

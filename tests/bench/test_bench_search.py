@@ -88,3 +88,51 @@ def test_bench_search_end_to_end_times_the_kept_levels(tiny_bert_dir, small_task
     assert rows["recovered-f25-h25-onnx-int8"]["throughput"]["samples_per_s"] > 0
     assert res["search"]["trials"][0]["status"] == "within budget"
     assert "## Search" in (tmp_path / "out" / "report.md").read_text()
+
+
+def test_without_dev_a_tenth_of_train_is_the_dev_split(tiny_bert_dir, small_task_files, tmp_path):
+    """The pick, gates and search decide on dev: with --train/--test only, dev is carved from
+    train (and left out of it), never the test file; under --finetuned the model has seen its
+    train file, so nothing is carved."""
+    from chain.spec import parse_spec
+
+    args = ["--train", str(small_task_files["train"]), "--test", str(small_task_files["test"]), "--num-labels", "2",
+            "--quick", "--no-peers", "--output", str(tmp_path)]
+    raw, base = bench_raw(build_config(parser().parse_args(args)))
+    task = parse_spec(raw, base).tasks["custom"]
+    train, dev, test = (task.load(s) for s in ("train", "dev", "test"))
+    assert len(dev) == round(0.1 * 96) and len(train) == 96 - len(dev) and len(test) == 48
+    assert not set(dev.texts) & set(train.texts) and not set(dev.texts) & set(test.texts)
+    raw, _ = bench_raw(build_config(parser().parse_args(args + ["--finetuned", "--model", str(tiny_bert_dir)])))
+    assert "holdout" not in raw["tasks"]["custom"]
+
+
+def test_a_level_the_architecture_refuses_is_passed_over(tmp_path, monkeypatch):
+    """Qwen2 with 2 KV groups cannot drop a quarter of its heads: that level is a row saying
+    why, and the walk goes on to the next (it once stopped the whole search, exit 2)."""
+    from transformers import Qwen2Config, Qwen2ForSequenceClassification
+
+    import bench.search as search_mod
+
+    cfg = Qwen2Config(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+                      num_key_value_heads=2, vocab_size=100, num_labels=2, pad_token_id=0)
+    Qwen2ForSequenceClassification(cfg).save_pretrained(tmp_path / "qwen")
+    a = parser().parse_args(["--model", str(tmp_path / "qwen"), "--quick", "--no-peers",
+                             "--output", str(tmp_path / "out")])
+    plan = search_mod.plan_of(build_config(a))
+    assert "KV groups" in search_mod.refusal(plan, {"heads": 0.25, "ffn": 0.4})
+    assert search_mod.refusal(plan, {"heads": 0.5, "ffn": 0.6}) == ""
+    probed = []
+
+    def fake_probe(plan, level, output, threads, log=print):
+        probed.append(level)
+        acc = {plan.ref: 0.9, "recovered": 0.9}
+        return {"stage": "recovered", "accuracy": acc, "reason": "", "artifacts": {}}
+    monkeypatch.setattr(search_mod, "probe", fake_probe)
+    levels = [{"heads": 0.25, "ffn": 0.4}, {"heads": 0.5, "ffn": 0.6}, {"heads": 0.5, "ffn": 0.75}]
+    search = SearchConfig(max_drop=1.0, time_budget_s=1e-6, levels=levels)
+    trials, kept = search_mod._walk(build_config(a), search, plan, log=lambda *_: None)
+    assert [t["status"] for t in trials] == ["not for this model", "within budget", "not tried"]
+    assert "KV groups" in trials[0]["reason"]
+    assert probed == [levels[1]]  # the first level that can run always runs, budget or not
+    assert kept and kept[0]["name"] == BRANCH_ROOT

@@ -131,6 +131,22 @@ def test_holdout_with_string_labels(tmp_path):
     assert sizes == {"train": 30, "test": 10} and t.label_names() == ["neg", "pos"]
 
 
+def test_a_tiny_train_file_still_holds_out_a_dev_example_or_says_why(tmp_path):
+    rows = [("pos", "good"), ("neg", "bad"), ("pos", "fine"), ("neg", "poor"), ("pos", "nice")]
+    t = Task("t", {"train": _write(tmp_path / "tr.csv", rows, "csv"),
+                   "test": _write(tmp_path / "te.csv", rows[:2], "csv")}, holdout={"dev": 0.1})
+    assert t.check() == {"train": 4, "dev": 1, "test": 2}  # round(0.5) would have carved none
+    one = Task("t", {"train": _write(tmp_path / "one.csv", rows[:1], "csv"),
+                     "test": _write(tmp_path / "te.csv", rows[:2], "csv")}, holdout={"dev": 0.1})
+    assert any("1 example(s), too few to hold out 0.1 of them as the 'dev' split" in p for p in one.problems())
+    # a problem in the file the holdout is carved from is said once, not again for the carved split
+    bad = Task("t", {"train": _write(tmp_path / "b.csv", rows[:1], "csv", header=("polarity", "sentence")),
+                     "test": _write(tmp_path / "te.csv", rows[:2], "csv")}, holdout={"dev": 0.1},
+               labels=["neg", "pos"])
+    assert [p for p in bad.problems() if "no column 'label'" in p] == bad.problems()[:1]
+    assert len(bad.problems()) == 1
+
+
 def test_builtin_names_follow_the_data_readme():
     assert builtin_task("sst2").id2label() == {0: "negative", 1: "positive"}
     assert builtin_task("subj").id2label() == {0: "subjective", 1: "objective"}
