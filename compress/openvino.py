@@ -123,17 +123,34 @@ register_runtime("onnx", "openvino")(_onnx_on_openvino("f32"))
 register_runtime("onnx", "openvino-bf16")(_onnx_on_openvino("bf16"))
 
 
+# A flip where the parent's top-two softmax probabilities are this close is a near tie, which
+# any int8 graph turns either way: on SST-5 dev (5 classes) ONNX Runtime int8 of the fine-tuned
+# MiniLM agreed with it on 0.914 of 256 sentences at no accuracy cost (dev 0.4796 -> 0.4787), every
+# flip at a gap under 0.23; at a gap >= 0.2 ORT and NNCF int8 agreed on 0.988-1.000 (AVX2 EPYC,
+# 2026-12-04, docs/results/bench-search-sst5-2026-12-04-avx2.md). The gate reads those.
+DECIDED_GAP = 0.2
+MIN_DECIDED = 16  # fewer decided sentences than this: the gate reads every sentence
+
+
 def compare(reference: Predictor, candidate: Predictor, tokenizer, texts: list[str],
             batch_sizes=(1, 8), max_length: int = 128) -> dict:
-    """Max |logit difference| and argmax agreement of ``candidate`` vs ``reference``."""
-    max_diff, agree, n = 0.0, 0, 0
+    """Max |logit difference| and argmax agreement of ``candidate`` vs ``reference``, on every
+    sentence and on those the reference decides (top-two softmax gap >= ``DECIDED_GAP``)."""
+    max_diff, agree, n, agree_d, n_d = 0.0, 0, 0, 0, 0
     for bs in batch_sizes:
         for _, enc in encode_batches(tokenizer, texts, bs, max_length):
             ref, got = reference(enc), candidate(enc)
             max_diff = max(max_diff, float(np.abs(ref - got).max()))
-            agree += int((ref.argmax(-1) == got.argmax(-1)).sum())
-            n += len(ref)
-    return {"max_abs_diff": float(f"{max_diff:.3g}"), "argmax_agreement": round(agree / max(n, 1), 4), "compared": n}
+            same = ref.argmax(-1) == got.argmax(-1)
+            prob = np.exp(ref - ref.max(-1, keepdims=True))
+            prob = np.sort(prob / prob.sum(-1, keepdims=True), -1)
+            decided = prob[:, -1] - prob[:, -2] >= DECIDED_GAP if ref.shape[-1] > 1 else np.ones(len(ref), bool)
+            agree, n = agree + int(same.sum()), n + len(ref)
+            agree_d, n_d = agree_d + int(same[decided].sum()), n_d + int(decided.sum())
+    all_ = round(agree / max(n, 1), 4)
+    return {"max_abs_diff": float(f"{max_diff:.3g}"), "argmax_agreement": all_, "compared": n,
+            "decided": n_d, "decided_agreement": round(agree_d / n_d, 4) if n_d else None,
+            "gated_agreement": round(agree_d / n_d, 4) if n_d >= MIN_DECIDED else all_}
 
 
 def save_ir(ov_model, out_dir: Path, parent: Artifact) -> None:
@@ -175,12 +192,15 @@ def _check(parent: Artifact, out_dir: Path, manifest: dict, texts: list[str], ct
     for task, output in outputs.items():
         report = compare(_reference(parent, threads, ctx.trust_remote_code, task),
                          openvino_predictor(Artifact(out_dir, manifest), threads, output=output), tok, texts)
-        if (atol is not None and report["max_abs_diff"] > atol) or report["argmax_agreement"] < min_agreement:
+        if (atol is not None and report["max_abs_diff"] > atol) or report["gated_agreement"] < min_agreement:
+            on = (f"on the {report['decided']} the parent decides (top-two gap >= {DECIDED_GAP})"
+                  if report["decided"] >= MIN_DECIDED else "on all")
             raise ExportValidationError(
-                f"{what}{f' (task {task})' if task else ''} does not match its parent on {report['compared']} "
-                f"real sentences: max|diff| {report['max_abs_diff']:.2e}"
+                f"{what}{f' (task {task})' if task else ''} does not match its parent on {len(texts)} real "
+                f"sentences at batch 1 and 8 ({report['compared']} outputs): max|diff| {report['max_abs_diff']:.2e}"
                 + (f" (atol {atol})" if atol is not None else "")
-                + f", argmax agreement {report['argmax_agreement']:.3f} (min {min_agreement})")
+                + f", argmax agreement {report['gated_agreement']:.3f} {on} (min {min_agreement}; "
+                f"{report['argmax_agreement']:.3f} on all)")
         reports[task] = report
     own = reports.pop(None)
     return {**own, "heads": reports} if reports else own
@@ -254,7 +274,7 @@ class OpenVinoInt8Config:
     # AMD EPYC (avx512_bf16) it took the recovered int8 graph from 281 to 316 samples/s at batch 32
     # (docs/results/bench-openvino-2026-12-02-extra.md)
     precision: str = "f32"
-    min_agreement: float = 0.95  # argmax agreement vs the parent on dev sentences; below it fails
+    min_agreement: float = 0.95  # argmax agreement vs the parent on dev sentences it decides; below it fails
     validation_samples: int = 64
     max_length: int = 128
     # NNCF's OverflowFix (7-bit weights): "enable", "first_layer_only" (NNCF's default) or

@@ -89,11 +89,13 @@ def _validate(art: Artifact, dest: Path, texts: list[str], hint: str, threads: i
     got = Predictor("bundle", f"openvino-{hint}", openvino_fn(compile_openvino(dest / XML, threads, hint)))
     report = compare(load_predictor(art, threads), got, load_tokenizer(art), texts)
     exact = hint == "f32" == artifact_precision(art)  # both sides fp32 arithmetic: logits must agree
-    if (exact and report["max_abs_diff"] > ATOL) or report["argmax_agreement"] < MIN_AGREEMENT:
+    # agreement on the sentences the artifact decides: near ties flip under any int8/bf16 graph
+    if (exact and report["max_abs_diff"] > ATOL) or report["gated_agreement"] < MIN_AGREEMENT:
         raise ExportValidationError(
             f"the OpenVINO bundle ({hint}) does not match {art.path} on {report['compared']} real sentences: "
             f"max|diff| {report['max_abs_diff']:.2e}{f' (atol {ATOL})' if exact else ''}, argmax agreement "
-            f"{report['argmax_agreement']:.3f} (min {MIN_AGREEMENT})")
+            f"{report['gated_agreement']:.3f} on those it decides (min {MIN_AGREEMENT}; "
+            f"{report['argmax_agreement']:.3f} on all)")
     return {**report, "against": f"the artifact on its own runtime ({art.format})", "atol": ATOL if exact else None}
 
 

@@ -132,7 +132,7 @@ def test_a_stricter_check_fails_the_stage(chain_rows, tmp_path):
     [r] = run_stages(chain_rows["source"], [QuantizeOpenVinoInt8(parent="source", config=OpenVinoInt8Config(
         calibration_samples=1, min_agreement=1.0, validation_samples=64))], tmp_path / "out")
     if r.status == "ok":
-        assert r.artifact.manifest["validation"]["argmax_agreement"] == 1.0
+        assert r.artifact.manifest["validation"]["gated_agreement"] == 1.0
     else:
         assert r.status == "failed" and "argmax agreement" in r.reason
 
@@ -160,3 +160,31 @@ def test_auto_precision_is_decided_where_the_artifact_runs(chain_rows):
     want = "bf16" if cpu_has_bf16() else "f32"
     assert resolve_precision("auto") == want and resolve_precision("f32") == "f32"
     assert load_predictor(auto, 1).backend == f"openvino-{want}"
+
+
+def test_the_check_gates_the_sentences_the_parent_decides(tiny_bert_dir):
+    """Near ties flip under any int8 graph (SST-5: ORT int8 agreed on 0.914 at no accuracy cost);
+    a flip the parent was sure of is what fails the check."""
+    from compress.openvino import DECIDED_GAP, MIN_DECIDED, compare
+
+    tok = load_tokenizer(Artifact.load(tiny_bert_dir))
+    texts = [f"sentence number {i} of the check" for i in range(48)]
+
+    def decided(enc):  # which rows the parent decides, read from their content
+        return (enc["input_ids"] * enc["attention_mask"]).sum(-1) % 2 == 0
+
+    def ref(enc):  # decided rows 3 vs 0; near ties 0.05 vs 0 (a top-two gap of 0.012 < DECIDED_GAP)
+        d = decided(enc)
+        return np.stack([np.where(d, 3.0, 0.05), np.zeros(len(d))], -1)
+
+    def flips_ties(enc):
+        d = decided(enc)
+        return np.stack([np.where(d, 3.0, 0.0), np.where(d, 0.0, 0.05)], -1)
+
+    ties = compare(ref, flips_ties, tok, texts)
+    assert MIN_DECIDED <= ties["decided"] < ties["compared"] and DECIDED_GAP > 0.012
+    assert ties["gated_agreement"] == ties["decided_agreement"] == 1.0
+    assert ties["argmax_agreement"] == pytest.approx(ties["decided"] / ties["compared"], abs=1e-4)
+    assert ties["argmax_agreement"] < 0.95  # the old gate would have failed this stage
+    worst = compare(ref, lambda enc: ref(enc)[:, ::-1], tok, texts)
+    assert worst["gated_agreement"] == 0.0 and worst["argmax_agreement"] == 0.0
