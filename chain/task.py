@@ -98,13 +98,18 @@ class Task:
         """Hash of the task definition and its file contents (for caching and manifests).
 
         Explicit ``labels`` are part of the definition, inferred ones a function of the train
-        file: either way a different label order gives a different fingerprint."""
-        h = hashlib.sha256(json.dumps(self.to_dict(), sort_keys=True).encode())
-        paths = [Path(self.files[s]) for s in sorted(self.files)]
+        file: either way a different label order gives a different fingerprint. Where the
+        files lie is not part of it (their bytes are), so a moved clone or data folder keeps
+        its cache: a checkout at another path once retrained SST-5 from nothing."""
+        d = {**self.to_dict(), "files": sorted(self.files), "dataset": bool(self.dataset)}
+        h = hashlib.sha256(json.dumps(d, sort_keys=True).encode())
+        paths = [(s, Path(self.files[s])) for s in sorted(self.files)]
         if self.dataset:
             root = Path(self.dataset)
-            paths = sorted(p for p in root.rglob("*") if p.is_file()) if root.is_dir() else [root]
-        for p in paths:
+            paths = [(str(p.relative_to(root)), p) for p in sorted(root.rglob("*")) if p.is_file()] \
+                if root.is_dir() else [(root.name, root)]
+        for name, p in paths:
+            h.update(name.encode() + b"\0")
             h.update(p.read_bytes() if p.exists() else b"<missing>")
         return h.hexdigest()[:16]
 

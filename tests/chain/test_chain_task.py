@@ -69,3 +69,18 @@ def test_fingerprint_tracks_file_content(tmp_path):
     before = t.fingerprint()
     write_tsv(p, [(1, "x")])
     assert t.fingerprint() != before
+
+
+def test_fingerprint_is_the_content_not_the_location(tmp_path):
+    """A moved clone or data folder keeps its cache; a swapped split does not."""
+    import shutil
+
+    (tmp_path / "a").mkdir()
+    a = write_tsv(tmp_path / "a" / "train.tsv", [(0, "x"), (1, "y")])
+    b = write_tsv(tmp_path / "a" / "test.tsv", [(1, "z")])
+    shutil.copytree(tmp_path / "a", tmp_path / "moved")
+    here = Task("t", {"train": str(a), "test": str(b)}, 2)
+    moved = Task("t", {"train": str(tmp_path / "moved" / "train.tsv"), "test": str(tmp_path / "moved" / "test.tsv")}, 2)
+    assert here.fingerprint() == moved.fingerprint()
+    swapped = Task("t", {"train": str(b), "test": str(a)}, 2)
+    assert swapped.fingerprint() != here.fingerprint()
