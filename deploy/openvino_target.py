@@ -84,7 +84,7 @@ def _validate(art: Artifact, dest: Path, texts: list[str], hint: str, threads: i
     from chain.model import load_tokenizer
     from chain.predict import Predictor
     from chain.runtime import load_predictor
-    from compress.openvino import compare, compile_openvino, openvino_fn
+    from compress.openvino import MIN_DECIDED, compare, compile_openvino, openvino_fn
 
     got = Predictor("bundle", f"openvino-{hint}", openvino_fn(compile_openvino(dest / XML, threads, hint)))
     report = compare(load_predictor(art, threads), got, load_tokenizer(art), texts)
@@ -94,7 +94,9 @@ def _validate(art: Artifact, dest: Path, texts: list[str], hint: str, threads: i
         raise ExportValidationError(
             f"the OpenVINO bundle ({hint}) does not match {art.path} on {report['compared']} real sentences: "
             f"max|diff| {report['max_abs_diff']:.2e}{f' (atol {ATOL})' if exact else ''}, argmax agreement "
-            f"{report['gated_agreement']:.3f} on those it decides (min {MIN_AGREEMENT}; "
+            f"{report['gated_agreement']:.3f} on "
+            f"{'the %d it decides' % report['decided'] if report['decided'] >= MIN_DECIDED else 'all'} "
+            f"(min {MIN_AGREEMENT}; "
             f"{report['argmax_agreement']:.3f} on all)")
     return {**report, "against": f"the artifact on its own runtime ({art.format})", "atol": ATOL if exact else None}
 
