@@ -30,9 +30,24 @@ def dir_hash(path: Path) -> str:
     return h.hexdigest()[:12]
 
 
+def _by_content(value):
+    """A task written out as a dict inside a config (a fine-tune's own task, an ``exclude``
+    entry) enters the key as its fingerprint, its data: its file paths would tie every key
+    to where the checkout lies (a clone moved to another folder retrained everything)."""
+    if isinstance(value, dict):
+        if "name" in value and ("files" in value or "dataset" in value):
+            from .task import Task
+
+            return {"task_fingerprint": Task.from_dict(value).fingerprint()}
+        return {k: _by_content(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_by_content(v) for v in value]
+    return value
+
+
 def stage_key(parent_key: str, stage_type: str, config, task_fingerprint: str | None,
               not_in_key: tuple[str, ...] = ()) -> str:
-    cfg = {k: v for k, v in config_dict(config).items() if k not in not_in_key}
+    cfg = {k: _by_content(v) for k, v in config_dict(config).items() if k not in not_in_key}
     blob = json.dumps({"parent": parent_key, "type": stage_type, "config": cfg, "task": task_fingerprint},
                       sort_keys=True, default=str)
     return hashlib.sha256(blob.encode()).hexdigest()[:12]

@@ -127,6 +127,29 @@ def test_stage_key_tracks_what_changes_the_result():
                 stage_key("p1", "other", cfg, "fp")}) == 5
 
 
+def test_stage_key_reads_a_task_dict_by_its_data_not_its_paths(tmp_path):
+    """A clone moved to another folder keeps its cache (the task dict a spec puts in every
+    fine-tune's config once tied each key to the checkout's path); other data does not."""
+    import shutil
+
+    from chain.task import builtin_task
+
+    src = builtin_task("trec")
+    moved = tmp_path / "moved"
+    moved.mkdir()
+    for split, path in src.files.items():
+        shutil.copy(path, moved / f"{split}.tsv")
+    here = src.to_dict()
+    there = {**here, "files": {s: str(moved / f"{s}.tsv") for s in src.files}}
+    exclude = [{"task": there, "split": "test"}]
+
+    def key(task, ex):
+        return stage_key("p", "finetune", FineTuneConfig(task=task, exclude=ex), "fp")
+    assert key(here, [{"task": here, "split": "test"}]) == key(there, exclude)
+    (moved / "train.tsv").write_text((moved / "train.tsv").read_text() + "5\tHow many more ?\n")
+    assert key(here, exclude) != key(there, exclude)
+
+
 def test_clean_stale_removes_partials_and_restores_interrupted_replace(tmp_path):
     root = tmp_path / "artifacts"
     with staging_dir(root / "a-1") as tmp:
