@@ -63,7 +63,7 @@ def trial(config: dict, plan: Plan, output: str, threads: int, ref_artifact: str
     """One level, in a directory of its own (what each Ray Tune trial runs)."""
     level = config["level"]
     spent = time.time() - t0
-    if spent > budget and config["index"] > 0:  # the first level always runs, as in the walk
+    if spent > budget and not config["first"]:  # the first level always runs, as in the walk
         return {"status": "not tried", "reason": f"--time-budget {budget:g} s spent ({spent:.0f} s)"}
     work = Path(output) / TRIALS / (_suffix(level).lstrip("-") or "default")
     ref = Path(ref_artifact)
@@ -106,29 +106,28 @@ def tune_levels(cfg: BenchConfig, search: SearchConfig, plan: Plan, log) -> tupl
     output = Path(cfg.output).resolve()
     ref = _reference(cfg, plan, log)
     refused = {i: why for i, lv in enumerate(search.levels) if (why := refusal(plan, lv))}
-    levels = [lv for i, lv in enumerate(search.levels) if i not in refused]
-    log(f"search: {len(levels)} levels as Ray Tune trials, {cfg.threads} CPU(s) each, "
+    runs = [i for i in range(len(search.levels)) if i not in refused]  # indices into the ladder
+    log(f"search: {len(runs)} levels as Ray Tune trials, {cfg.threads} CPU(s) each, "
         f"{int(have // cfg.threads)} at a time" + (f"; {len(refused)} passed over (not for this model)"
                                                     if refused else ""))
-    if not levels:
+    if not runs:
         return [{"level": lv, "status": NOT_FOR_MODEL, "reason": refused[i]}
                 for i, lv in enumerate(search.levels)], []
     fn = tune.with_parameters(_trainable, plan=plan, output=str(output), threads=cfg.threads, ref_artifact=str(ref),
                               t0=time.time(), budget=search.time_budget_s)
     tuner = tune.Tuner(tune.with_resources(fn, {"cpu": cfg.threads}),
-                       param_space={"trial": tune.grid_search([{"index": i, "level": lv}
-                                                                for i, lv in enumerate(levels)])},
+                       param_space={"trial": tune.grid_search([{"index": i, "first": i == runs[0],
+                                                                 "level": search.levels[i]} for i in runs])},
                        run_config=tune.RunConfig(storage_path=str(output / TRIALS / "tune"), name="search",
                                                  verbose=0))
     by_index = {}
     for r in tuner.fit():
         by_index[r.config["trial"]["index"]] = (r.metrics or {}, r.error)
-    trials, kept, ran = [], [], iter(range(len(levels)))
-    for j, level in enumerate(search.levels):
-        if j in refused:
-            trials.append({"level": level, "status": NOT_FOR_MODEL, "reason": refused[j]})
+    trials, kept = [], []
+    for i, level in enumerate(search.levels):
+        if i in refused:
+            trials.append({"level": level, "status": NOT_FOR_MODEL, "reason": refused[i]})
             continue
-        i = next(ran)
         metrics, error = by_index.get(i, ({}, "Ray Tune returned no result"))
         if error or metrics.get("status") not in ("ran", "not tried"):
             first = str(error or metrics).strip().splitlines()

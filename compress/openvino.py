@@ -127,7 +127,7 @@ register_runtime("onnx", "openvino-bf16")(_onnx_on_openvino("bf16"))
 # any int8 graph turns either way: on SST-5 dev (5 classes) ONNX Runtime int8 of the fine-tuned
 # MiniLM agreed with it on 0.914 of 256 sentences at no accuracy cost (dev 0.4796 -> 0.4787), every
 # flip at a gap under 0.23; at a gap >= 0.2 ORT and NNCF int8 agreed on 0.988-1.000 (AVX2 EPYC,
-# 2026-12-04, docs/results/bench-search-sst5-2026-12-04-avx2.md). The gate reads those.
+# 2026-12-04, benchmarks/agreement_by_gap.py, docs/results/bench-search-sst5-2026-12-04-avx2.md).
 DECIDED_GAP = 0.2
 MIN_DECIDED = 16  # fewer decided sentences than this: the gate reads every sentence
 
@@ -147,10 +147,18 @@ def compare(reference: Predictor, candidate: Predictor, tokenizer, texts: list[s
             decided = prob[:, -1] - prob[:, -2] >= DECIDED_GAP if ref.shape[-1] > 1 else np.ones(len(ref), bool)
             agree, n = agree + int(same.sum()), n + len(ref)
             agree_d, n_d = agree_d + int(same[decided].sum()), n_d + int(decided.sum())
-    all_ = round(agree / max(n, 1), 4)
+    all_, decided = round(agree / max(n, 1), 4), round(agree_d / n_d, 4) if n_d else None
     return {"max_abs_diff": float(f"{max_diff:.3g}"), "argmax_agreement": all_, "compared": n,
-            "decided": n_d, "decided_agreement": round(agree_d / n_d, 4) if n_d else None,
-            "gated_agreement": round(agree_d / n_d, 4) if n_d >= MIN_DECIDED else all_}
+            "decided": n_d, "decided_agreement": decided,
+            "gated_agreement": decided if n_d >= MIN_DECIDED else all_}
+
+
+def agreement_text(report: dict, minimum: float) -> str:
+    """The gated agreement of a ``compare`` report, and which sentences it was read on."""
+    on = (f"the {report['decided']} the parent decides (top-two gap >= {DECIDED_GAP})"
+          if report["decided"] >= MIN_DECIDED else "all")
+    return (f"argmax agreement {report['gated_agreement']:.3f} on {on} (min {minimum}; "
+            f"{report['argmax_agreement']:.3f} on all)")
 
 
 def save_ir(ov_model, out_dir: Path, parent: Artifact) -> None:
@@ -193,14 +201,11 @@ def _check(parent: Artifact, out_dir: Path, manifest: dict, texts: list[str], ct
         report = compare(_reference(parent, threads, ctx.trust_remote_code, task),
                          openvino_predictor(Artifact(out_dir, manifest), threads, output=output), tok, texts)
         if (atol is not None and report["max_abs_diff"] > atol) or report["gated_agreement"] < min_agreement:
-            on = (f"on the {report['decided']} the parent decides (top-two gap >= {DECIDED_GAP})"
-                  if report["decided"] >= MIN_DECIDED else "on all")
             raise ExportValidationError(
                 f"{what}{f' (task {task})' if task else ''} does not match its parent on {len(texts)} real "
                 f"sentences at batch 1 and 8 ({report['compared']} outputs): max|diff| {report['max_abs_diff']:.2e}"
                 + (f" (atol {atol})" if atol is not None else "")
-                + f", argmax agreement {report['gated_agreement']:.3f} {on} (min {min_agreement}; "
-                f"{report['argmax_agreement']:.3f} on all)")
+                + f", {agreement_text(report, min_agreement)}")
         reports[task] = report
     own = reports.pop(None)
     return {**own, "heads": reports} if reports else own

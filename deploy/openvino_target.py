@@ -84,20 +84,17 @@ def _validate(art: Artifact, dest: Path, texts: list[str], hint: str, threads: i
     from chain.model import load_tokenizer
     from chain.predict import Predictor
     from chain.runtime import load_predictor
-    from compress.openvino import MIN_DECIDED, compare, compile_openvino, openvino_fn
+    from compress.openvino import agreement_text, compare, compile_openvino, openvino_fn
 
     got = Predictor("bundle", f"openvino-{hint}", openvino_fn(compile_openvino(dest / XML, threads, hint)))
     report = compare(load_predictor(art, threads), got, load_tokenizer(art), texts)
     exact = hint == "f32" == artifact_precision(art)  # both sides fp32 arithmetic: logits must agree
-    # agreement on the sentences the artifact decides: near ties flip under any int8/bf16 graph
+    # gated on the sentences the artifact decides: near ties flip under any int8/bf16 graph
     if (exact and report["max_abs_diff"] > ATOL) or report["gated_agreement"] < MIN_AGREEMENT:
         raise ExportValidationError(
             f"the OpenVINO bundle ({hint}) does not match {art.path} on {report['compared']} real sentences: "
-            f"max|diff| {report['max_abs_diff']:.2e}{f' (atol {ATOL})' if exact else ''}, argmax agreement "
-            f"{report['gated_agreement']:.3f} on "
-            f"{'the %d it decides' % report['decided'] if report['decided'] >= MIN_DECIDED else 'all'} "
-            f"(min {MIN_AGREEMENT}; "
-            f"{report['argmax_agreement']:.3f} on all)")
+            f"max|diff| {report['max_abs_diff']:.2e}{f' (atol {ATOL})' if exact else ''}, "
+            f"{agreement_text(report, MIN_AGREEMENT)}")
     return {**report, "against": f"the artifact on its own runtime ({art.format})", "atol": ATOL if exact else None}
 
 

@@ -53,7 +53,7 @@ def test_ray_trials_match_the_in_process_walk_and_fill_the_cache(local_ray, tiny
 
 def test_a_trial_started_after_the_time_budget_does_not_run(tiny_bert_dir, small_task_files, tmp_path):
     plan = plan_of(_cfg(tiny_bert_dir, small_task_files, tmp_path / "out"))
-    got = trial({"index": 1, "level": LEVELS[1]}, plan=plan, output=str(tmp_path / "out"), threads=1,
+    got = trial({"index": 1, "first": False, "level": LEVELS[1]}, plan=plan, output=str(tmp_path / "out"), threads=1,
                 ref_artifact=str(tmp_path / "nowhere"), t0=time.time() - 10, budget=5.0)
     assert got["status"] == "not tried" and "--time-budget 5 s" in got["reason"]
     assert not (tmp_path / "out" / TRIALS).exists()
