@@ -104,7 +104,7 @@ def train_members(parent: Artifact, cfg: MembersConfig, out_dir: Path, ctx: RunC
     start_key = parent_key(start)
     out = []
     for i, mcfg in enumerate(cfg.member_configs()):
-        key = stage_key(start_key, "finetune", mcfg, task.fingerprint(), FineTune.not_in_key)
+        key = stage_key(start_key, "finetune", FineTune.key_config(mcfg), task.fingerprint(), FineTune.not_in_key)
         dest = root / f"member-{key}"
         art = _cached(dest)
         if art is not None:

@@ -48,6 +48,12 @@ def cpu_flags() -> list[str]:
     return _cpuinfo()[1]
 
 
+def native_bf16() -> bool:
+    """Whether this CPU has bf16 arithmetic (AVX512_BF16 dot products or AMX tiles), so bf16
+    autocast runs faster than fp32 instead of being emulated."""
+    return bool(set(cpu_flags()) & {"avx512_bf16", "amx_bf16"})
+
+
 def int8_saturates() -> bool:
     """Whether u8 x s8 int8 GEMMs here may saturate: x86 with AVX2 but no VNNI/AMX.
 

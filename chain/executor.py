@@ -153,6 +153,7 @@ class ChainRun:
         """``config`` as it enters the cache key: a stage reference (a distillation teacher) by
         content (an artifact of this run by its ``<stage>-<key>`` name, another directory by its
         hash), not by a path that changes with the working directory or the output's location."""
+        config = cls.key_config(config)
         for path in cls.refs:
             value = get_ref(config, path)
             if not isinstance(value, str) or not Path(value).is_dir():

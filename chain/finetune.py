@@ -1,7 +1,8 @@
 """``FineTune``: fine-tune the parent model on a task with ``transformers.Trainer``.
 
 Dynamic padding (``DataCollatorWithPadding``) and length-grouped batches keep CPU steps
-short; the checkpoint with the best dev accuracy is kept (``load_best_model_at_end``);
+short, and bf16 autocast where the hardware has bf16 arithmetic (``precision: auto``) shortens
+them again; the checkpoint with the best dev accuracy is kept (``load_best_model_at_end``);
 a NaN/inf loss stops training with ``TrainingError`` instead of saving garbage.
 
 Chains: the encoder is carried over from the parent; the head is the parent's head for
@@ -17,6 +18,7 @@ Because it is a plain ``Trainer`` run, it also works unchanged under ``torchrun`
 """
 from __future__ import annotations
 
+import dataclasses
 import math
 import os
 import shutil
@@ -35,7 +37,7 @@ from .registry import register_stage
 from .stage import RunContext, Stage
 # the config and the data it trains on live in finetune_config; importable from here too
 from .finetune_config import DistillSettings, FineTuneConfig, LoraSettings, shuffled_labels, train_dev  # noqa: F401
-from .finetune_config import rehearsal_split
+from .finetune_config import rehearsal_split, train_precision
 from .task import Split, Task, builtin_task
 
 class _Encoded:
@@ -191,8 +193,6 @@ def rehearsal_tasks(parent: Artifact, task: Task, cfg: FineTuneConfig) -> list[T
 def parent_fisher(parent: Artifact, cfg: FineTuneConfig, tok, ctx: RunContext) -> dict:
     """EWC's diagonal Fisher of the parent on its own task (``cfg.ewc.samples`` seeded training
     sentences), computed on a copy of the parent with its own head."""
-    import dataclasses
-
     from transformers import DataCollatorWithPadding
 
     from .regularize import fisher_diagonal
@@ -218,6 +218,10 @@ class FineTune(Stage):
     retry_field: ClassVar[str | None] = "learning_rate"
     not_in_key: ClassVar[tuple[str, ...]] = ("show_progress",)
 
+    @classmethod
+    def key_config(cls, config: FineTuneConfig) -> FineTuneConfig:
+        return dataclasses.replace(config, precision=train_precision(config.precision))
+
     config: FineTuneConfig = field(default_factory=FineTuneConfig)
     name: str = "finetune"
     parent: str | None = None
@@ -237,6 +241,7 @@ class FineTune(Stage):
         ctx = ctx or RunContext()
         cfg = self.config
         task = cfg.get_task()
+        precision = train_precision(cfg.precision)
         set_seed(cfg.seed)
         tok = load_tokenizer(parent, ctx.trust_remote_code)
         model = load_model(parent, num_labels=task.num_labels, trust_remote_code=ctx.trust_remote_code)
@@ -278,7 +283,8 @@ class FineTune(Stage):
             data_seed=cfg.seed, eval_strategy="epoch", save_strategy="epoch", save_total_limit=2,
             load_best_model_at_end=True, metric_for_best_model="accuracy", greater_is_better=True,
             save_safetensors=True, group_by_length=True, logging_steps=10, report_to=[],
-            disable_tqdm=True, dataloader_num_workers=0, use_cpu=not _cuda())
+            disable_tqdm=True, dataloader_num_workers=0, use_cpu=not _cuda(),
+            bf16=precision == "bf16")  # autocast: weights and AdamW state stay fp32
         if _distributed():  # frozen parameters are simply outside DDP's buckets
             kw.update(ddp_find_unused_parameters=False, **({} if _cuda() else {"ddp_backend": "gloo"}))
         if tagged or cfg.distill is not None:  # MultiHead reads task_ids; distillation, teacher_logits
@@ -331,7 +337,8 @@ class FineTune(Stage):
                 "train": {"loss": out.training_loss, "steps": out.global_step, "examples": len(train),
                           "dev_accuracy": dev_metrics.get("eval_accuracy"), "dev_examples": len(dev),
                           "frozen_params": frozen, "trainable_params": trainable, "head": head,
-                          "processes": int(args.world_size), "shuffled_labels": cfg.shuffle_labels,
+                          "processes": int(args.world_size), "precision": "bf16" if args.bf16 else "fp32",
+                          "shuffled_labels": cfg.shuffle_labels,
                           "distilled_from": cfg.distill.teacher if cfg.distill else None,
                           "teacher_logits_s": None if teacher_s is None else round(teacher_s, 1),
                           "rehearsal_examples": replayed or None,

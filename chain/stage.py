@@ -14,7 +14,8 @@ attributes instead of the executor guessing them from attribute names:
 * ``refs``: dotted config fields that may name an earlier stage (a distillation
   teacher); resolved to that stage's artifact at run time, in the cache key by content.
 * ``retry_field``: what a gate's ``on_fail: retry`` scales (None: no retry possible).
-* ``not_in_key``: config fields that cannot change the result (progress bars).
+* ``not_in_key``: config fields that cannot change the result (progress bars);
+  ``key_config(config)``: ``auto`` settings as this machine resolves them, for the key.
 * ``peer``: a bench row showing what a user gets without chainpress.
 
 ``run(parent, out_dir, ctx)`` writes the model into ``out_dir`` and returns the fields
@@ -74,6 +75,12 @@ class Stage:
     def output_format_for(cls, parent_format: str) -> str:
         """The format this stage makes from a parent of ``parent_format``."""
         return cls.output_format
+
+    @classmethod
+    def key_config(cls, config):
+        """``config`` as it enters the cache key: a setting this machine decides (``auto``)
+        enters as what it resolved to here, so another machine's cache is not reused for it."""
+        return config
 
     @classmethod
     def task_needed(cls, config) -> bool:
