@@ -139,6 +139,7 @@ def measure_in_workers(artifacts: list[Artifact], tokenizer, texts: list[str], c
         row["timing"] = {"mode": "process", "worker_pid": info.pid, "latency_block": cfg.latency_block,
                          "latency_turn_warmup": cfg.latency_turn_warmup,
                          "omp_wait_policy": info.omp_wait_policy,
+                         "ort_spinning": info.ort_spinning,
                          "first_call_ms_batch32": s_round(info.first_call_ms.get("b32", float("nan")))}
         out[a.name] = row
     return out
@@ -170,7 +171,7 @@ def measure_predictors(preds: dict[str, Predictor], tokenizer, texts: list[str],
         row = speed_row(name, preds[name].backend, lat, thr, reference)
         row["timing"] = {"mode": "inprocess", "latency_block": cfg.latency_block,
                          "latency_turn_warmup": cfg.latency_turn_warmup,
-                         "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY")}
+                         "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"), "ort_spinning": False}
         out[name] = row
     return out
 

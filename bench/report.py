@@ -83,9 +83,11 @@ def write_reports(results: dict, out_dir: Path, plots: bool = True) -> None:
           f"{env.get('loadavg_1m')}. Date: {env.get('date')}.", "",
           f"Latency: batch 1 over {results['measure'].get('latency_calls')} real test sentences; "
           "throughput: batch 32 over fixed real test batches; "
-          + ("each stage timed in a worker process of its own, the workers driven in rotation on the same inputs."
+          + ("each stage timed in a worker process of its own, the workers driven in rotation on the same inputs "
+             "(ONNX Runtime's threads spin between calls, its default for a process of its own)."
              if results["measure"].get("isolation", "inprocess") == "process"  # absent: results from before workers
-             else "all stages timed interleaved in one process."),
+             else "all stages timed interleaved in one process (ONNX Runtime's threads do not spin: they would "
+                  "slow the other models)."),
           "Speedup p50 brackets: paired-bootstrap 95% interval over the interleaved rounds. "
           "`python -m bench compare` gates the trimmed-mean and throughput speedups (in results.json) with "
           "their intervals plus a run-to-run noise floor (docs/gating.md). "

@@ -52,6 +52,7 @@ class WorkerInfo:
     peak_rss_mb: float = float("nan")  # the worker's own peak RSS (VmHWM) at the end
     threads: dict = field(default_factory=dict)
     omp_wait_policy: str | None = None
+    ort_spinning: bool = False  # ONNX Runtime sessions of this worker spin (compress.onnx_export.spin_alone)
     pid: int = 0
 
 
@@ -71,6 +72,10 @@ def _serve(conn, artifact_dir: str, threads: int, trust_remote_code: bool, devic
         # its runtime imported before the clock starts: load_s and load_rss are the model's own
         if art.format == "onnx":
             import onnxruntime  # noqa: F401
+
+            from compress.onnx_export import spin_alone
+
+            spin_alone()  # this process runs one model: ORT's threads may spin, as in a user's process
         else:
             from transformers import AutoModelForSequenceClassification  # noqa: F401
         # imports are most of a worker's start (transformers ~11 s on a 2-vCPU EPYC) and every
@@ -86,7 +91,8 @@ def _serve(conn, artifact_dir: str, threads: int, trust_remote_code: bool, devic
         clock = clock_for(device)
         with fixed_threads(threads):
             conn.send(("ok", {"backend": pred.backend, "load_s": load_s, "load_rss_mb": load_rss,
-                              "pid": os.getpid(), "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY")}))
+                              "pid": os.getpid(), "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"),
+                              "ort_spinning": art.format == "onnx"}))
             inputs: dict[str, list] = {}
             while True:
                 op, *args = conn.recv()
@@ -124,6 +130,7 @@ class Worker:
     def __init__(self, name: str, artifact_dir, threads: int, trust_remote_code: bool = False,
                  device: str = "cpu", timeout_s: float = 600.0):
         self.name, self.timeout_s, self.info, self.error = name, timeout_s, WorkerInfo(), None
+        self.stop_sent = False
         ours, theirs = socket.socketpair()
         self.stderr = tempfile.TemporaryFile()  # a file, not a pipe: a chatty worker can never block on it
         cmd = [sys.executable, "-m", "bench.worker", str(theirs.fileno()), str(artifact_dir), str(threads),
@@ -168,13 +175,23 @@ class Worker:
             return f"worker {what}: killed by {signal.Signals(-code).name}{tail}"
         return f"worker {what} with exit code {code}{tail}"
 
+    def ask_stop(self) -> None:
+        """Tell the worker to stop without waiting for it (``WorkerPool.close`` asks them all first:
+        each takes about a second to tear its runtime down, and they do it side by side)."""
+        if self.proc.poll() is None and self.error is None and not self.stop_sent:
+            try:
+                self.conn.send(("stop",))
+                self.stop_sent = True
+            except (OSError, ValueError):
+                pass
+
     def close(self, graceful: bool = True) -> None:
         """Ask the worker to stop; terminate, then kill, one that does not (or at once if not ``graceful``)."""
         if graceful and self.proc.poll() is None and self.error is None:
+            self.ask_stop()
             try:
-                self.conn.send(("stop",))
                 self.proc.wait(5)
-            except (OSError, ValueError, subprocess.TimeoutExpired):
+            except subprocess.TimeoutExpired:
                 pass
         for end in (self.proc.terminate, self.proc.kill):
             if self.proc.poll() is not None:
@@ -216,6 +233,9 @@ class WorkerPool:
 
     def close(self, graceful: bool = True) -> None:
         """Stop every worker; after an error or Ctrl-C, terminate them without asking."""
+        if graceful:
+            for w in self.workers.values():
+                w.ask_stop()
         for w in self.workers.values():
             w.close(graceful)
 

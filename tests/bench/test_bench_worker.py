@@ -14,7 +14,7 @@ import time
 import pytest
 
 from bench.harness import MeasureConfig, measure_speed
-from bench.worker import Worker
+from bench.worker import Worker, WorkerPool
 from chain.artifact import Artifact
 from chain.task import builtin_task
 from tests.conftest import REPO
@@ -61,6 +61,7 @@ def test_one_worker_per_model_same_schema_paired_ci(arts, started):
         assert {"latency_ms", "throughput", "speedup", "speedup_ci95", "memory_mb", "samples_ms", "backend",
                 "threads", "timing"} <= set(r)
         assert r["timing"]["mode"] == "process" and r["timing"]["omp_wait_policy"]
+        assert r["timing"]["ort_spinning"] == (r["backend"] == "onnxruntime")  # alone in its process: ORT's default
         assert len(r["samples_ms"]["latency"]) == 12 and len(r["samples_ms"]["throughput"]) == 2
         for k, (lo, hi) in r["speedup_ci95"].items():
             assert lo <= r["speedup"][k] <= hi, k
@@ -79,6 +80,7 @@ def test_inprocess_mode_keeps_the_schema(arts):
     assert list(rows) == ["fp32", "onnx-int8"]
     for r in rows.values():
         assert r["timing"]["mode"] == "inprocess" and "worker_pid" not in r["timing"]
+        assert r["timing"]["ort_spinning"] is False  # spinning threads would slow the other models
         assert r["memory_mb"]["process_peak_rss"] > 0 and len(r["samples_ms"]["latency"]) == 12
         lo, hi = r["speedup_ci95"]["latency_p50"]
         assert lo <= r["speedup"]["latency_p50"] <= hi
@@ -247,3 +249,51 @@ def test_report_gives_each_rows_memory_and_time(tmp_path):
     costs = (tmp_path / "report.md").read_text().split("## Memory and time")[1]
     assert "| onnx-int8 | 8.7 | 0.41 | 23 | 312 | 35.0 | — |" in costs  # NaN prints as missing
     assert "| finetune | cached | — | — | — | — | — |" in costs
+
+
+def test_pool_close_asks_every_worker_before_waiting_on_any():
+    """Each worker takes about a second to tear its runtime down: asked one after another, 15
+    workers cost bench 15 s; asked all at once, they stop side by side."""
+    from bench.worker import WorkerPool
+
+    events = []
+
+    class Fake:
+        def __init__(self, name):
+            self.name = name
+
+        def ask_stop(self):
+            events.append(("ask", self.name))
+
+        def close(self, graceful):
+            events.append(("wait", self.name))
+
+    pool = WorkerPool({}, threads=1)
+    pool.workers = {n: Fake(n) for n in "abc"}
+    pool.close()
+    assert events == [("ask", "a"), ("ask", "b"), ("ask", "c"), ("wait", "a"), ("wait", "b"), ("wait", "c")]
+    events.clear()
+    pool.close(graceful=False)  # after an error or Ctrl-C: terminate without asking
+    assert [e for e, _ in events] == ["wait"] * 3
+
+
+SPIN = """
+import sys
+from compress.onnx_export import ort_session, spin_alone
+key = "session.intra_op.allow_spinning"
+shared = ort_session(sys.argv[1], 1).get_session_options().get_session_config_entry(key)
+spin_alone()
+alone = ort_session(sys.argv[1], 1).get_session_options().get_session_config_entry(key)
+asked = ort_session(sys.argv[1], 1, spinning=False).get_session_options().get_session_config_entry(key)
+print(shared, alone, asked)
+"""
+
+
+def test_ort_threads_spin_only_in_a_process_of_their_own(chain_dirs):
+    """A session that shares its process does not spin; after ``spin_alone`` (what a timing
+    worker calls) sessions spin as ONNX Runtime's default does, unless told otherwise."""
+    onnx = next(d for d in chain_dirs if (d / "model.onnx").is_file())
+    out = subprocess.run([sys.executable, "-c", SPIN, str(onnx / "model.onnx")], cwd=REPO, capture_output=True,
+                         text=True, timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.split() == ["0", "1", "0"]
