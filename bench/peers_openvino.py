@@ -168,13 +168,13 @@ class TorchBf16Peer(Stage):
         """Link the parent's files; run one real sentence under autocast to learn whether it works here."""
         import torch
 
+        from chain.environment import native_bf16
         from chain.model import load_model, load_tokenizer
 
         _require_hf(parent, self.name)
         link_files(parent.path, out_dir)
         fields = {"format": "hf", "runtime": BF16_RUNTIME, "peer": True, "num_labels": parent.manifest.get("num_labels"),
-                  "cpu_native_bf16": bool(torch.backends.mkldnn.is_available()
-                                          and torch.ops.mkldnn._is_mkldnn_bf16_supported())}
+                  "cpu_native_bf16": native_bf16()}
         if not fields["cpu_native_bf16"] and not self.config.emulated:
             fields["skip_reason"] = ("this CPU has no native bf16 (AVX512_BF16 or AMX): autocast would emulate it, "
                                      "several times slower than fp32; set emulated: true to time it anyway")

@@ -84,7 +84,7 @@ def write_reports(results: dict, out_dir: Path, plots: bool = True) -> None:
           f"Latency: batch 1 over {results['measure'].get('latency_calls')} real test sentences; "
           "throughput: batch 32 over fixed real test batches; "
           + ("each stage timed in a worker process of its own, the workers driven in rotation on the same inputs "
-             "(ONNX Runtime's threads spin between calls, its default for a process of its own)."
+             "(ONNX Runtime's threads spin during a call, as by default in a process of its own, and stop when it returns)."
              if results["measure"].get("isolation", "inprocess") == "process"  # absent: results from before workers
              else "all stages timed interleaved in one process (ONNX Runtime's threads do not spin: they would "
                   "slow the other models)."),

@@ -70,12 +70,14 @@ def _serve(conn, artifact_dir: str, threads: int, trust_remote_code: bool, devic
 
         art = Artifact.load(artifact_dir)
         # its runtime imported before the clock starts: load_s and load_rss are the model's own
-        if art.format == "onnx":
+        # one model in this process: ORT's threads may spin during a call, as in a user's own process
+        spins = art.format == "onnx"
+        if spins:
             import onnxruntime  # noqa: F401
 
             from compress.onnx_export import spin_alone
 
-            spin_alone()  # this process runs one model: ORT's threads may spin, as in a user's process
+            spin_alone()
         else:
             from transformers import AutoModelForSequenceClassification  # noqa: F401
         # imports are most of a worker's start (transformers ~11 s on a 2-vCPU EPYC) and every
@@ -92,7 +94,7 @@ def _serve(conn, artifact_dir: str, threads: int, trust_remote_code: bool, devic
         with fixed_threads(threads):
             conn.send(("ok", {"backend": pred.backend, "load_s": load_s, "load_rss_mb": load_rss,
                               "pid": os.getpid(), "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"),
-                              "ort_spinning": art.format == "onnx"}))
+                              "ort_spinning": spins}))
             inputs: dict[str, list] = {}
             while True:
                 op, *args = conn.recv()

@@ -4,9 +4,11 @@ Runtime's threads wait (what ``compress.onnx_export.ort_session`` chose from).
 ``off``: no spinning (a session that shares its process); ``on``: ORT's default; ``stop``:
 spinning inside a call, stopped when it returns (``session.force_spinning_stop``, what bench's
 timing workers use). 300 SST-2 test sentences at batch 1 after 10 warm-up calls, then 5 rounds
-of 8 fixed batches of 32 after 3. Run each mode in its own process, in rotation:
+of 8 fixed batches of 32 after 3; intra-op threads: THREADS (default 2). Run each mode in its
+own process, in rotation:
 
     for r in 1 2; do for m in off on stop; do python benchmarks/ort_spinning_alone.py DIR $m; done; done
+    python benchmarks/ort_spinning_alone.py DIR off 1   # does a second thread help without spinning?
 """
 from __future__ import annotations
 
@@ -60,7 +62,10 @@ def main(model_dir: str, mode: str, threads: int = 2) -> None:
 
 
 if __name__ == "__main__":
-    if len(sys.argv) != 3 or sys.argv[2] not in MODES or not (Path(sys.argv[1]) / "model.onnx").is_file():
-        print("usage: python benchmarks/ort_spinning_alone.py ONNX_ARTIFACT_DIR off|on|stop", file=sys.stderr)
+    args = sys.argv[1:]
+    if (len(args) not in (2, 3) or args[1] not in MODES or not (Path(args[0]) / "model.onnx").is_file()
+            or (len(args) == 3 and not args[2].isdigit()) or (len(args) == 3 and int(args[2]) < 1)):
+        print("usage: python benchmarks/ort_spinning_alone.py ONNX_ARTIFACT_DIR off|on|stop [THREADS >= 1]",
+              file=sys.stderr)
         sys.exit(2)
-    main(sys.argv[1], sys.argv[2])
+    main(args[0], args[1], int(args[2]) if len(args) == 3 else 2)

@@ -233,8 +233,9 @@ class FineTuneConfig:
 
 def train_precision(precision: str) -> str:
     """``auto`` as this machine trains: bf16 autocast on a CUDA GPU that supports it or a CPU with
-    AVX512_BF16/AMX, else fp32. On an AMD EPYC with AVX512_BF16 a MiniLM step on SST-2 batches of
-    32 took 0.29 s under bf16 autocast against 0.46 s in fp32 (docs/results/, 2026-12-04)."""
+    AVX512_BF16/AMX, else fp32. On a 2-vCPU AMD EPYC with AVX512_BF16 a MiniLM step on SST-2
+    batches of 32 took 0.30-0.33 s under bf16 autocast against 0.44-0.48 s in fp32
+    (benchmarks/train_step_precision.py, docs/results/bench-2026-12-04-avx512.md)."""
     if precision != "auto":
         return precision
     import torch

@@ -52,8 +52,9 @@ def ort_session(model_path: str | Path, threads: int = 1, spinning: bool | None 
     Spinning worker threads keep burning cores after a call returns and slow down whatever
     else runs in the process (PyTorch, another session), so a session that shares its
     process does not spin. Alone in its process spinning is worth having: on a 2-vCPU AMD
-    EPYC with AVX-512, the pruned MiniLM int8 graph's batch-1 p50 was 1.18 ms spinning and
-    1.69 ms not, and without spinning a second thread bought nothing (1.67 ms on one).
+    EPYC with AVX-512, the pruned MiniLM int8 graph's batch-1 p50 was 1.14-1.19 ms spinning and
+    1.64-1.72 ms not, and without spinning one thread was nearly as fast as two (1.68-1.73 ms;
+    benchmarks/ort_spinning_alone.py, docs/results/bench-2026-12-04-avx512.md).
     """
     import onnxruntime as ort
 
