@@ -4,8 +4,11 @@ The default chain prunes half the heads and 60% of the FFN neurons, a recipe tun
 SST-2 that loses 4.8 points on another user's data. The search walks a ladder of
 pruning strengths (heads, FFN neurons, whole layers), mild to aggressive (``LADDER``),
 each followed by the default chain's distilled recovery: a level is kept while its recovered model's accuracy on the
-**dev** split stays within ``--max-drop`` points of the fine-tuned reference, and the
-walk stops at the first level over budget (stronger levels would lose more) or when
+**dev** split stays within ``--max-drop`` points of the fine-tuned reference. A level over
+budget rules out every later level at least as strong in each dimension (``dominates``:
+they would lose more), not the whole rest of the ladder: the ladder mixes dimensions, and
+on an AVX-512 EPYC one layer dropped was over budget while FFN 0.75, fewer FLOPs, was not
+tried at all. The walk ends when the ladder does or when
 ``--time-budget`` seconds have passed (the first level always runs, and a level
 already started finishes). Each kept
 level then gets the default chain's exports (ONNX, ONNX Runtime int8, OpenVINO int8),
@@ -46,6 +49,12 @@ LADDER = ({"heads": 0.25, "ffn": 0.4}, {"heads": 0.5, "ffn": 0.6}, {"heads": 0.5
 
 
 NOT_FOR_MODEL = "not for this model"
+DIMENSIONS = ("heads", "ffn", "layers")
+
+
+def dominates(level: dict, other: dict) -> bool:
+    """Whether ``level`` prunes at least as much as ``other`` in every dimension."""
+    return all(level.get(k, 0) >= other.get(k, 0) for k in DIMENSIONS)
 
 
 @dataclass
@@ -165,13 +174,18 @@ def judge(plan: Plan, level: dict, result: dict, max_drop: float) -> dict:
 
 
 def _walk(cfg: BenchConfig, search: SearchConfig, plan: Plan, log) -> tuple[list[dict], list[dict]]:
-    """In this process, mild to aggressive, stopping at the first level over budget."""
-    t0, trials, kept = time.perf_counter(), [], []
+    """In this process, mild to aggressive; a level at least as strong as one over budget is
+    passed over (``dominates``), every other level runs while the time budget lasts."""
+    t0, trials, kept, over = time.perf_counter(), [], [], []
     for level in search.levels:
         why = refusal(plan, level)
         if why:  # a level this architecture cannot take is said and passed over, never fatal
             log(f"search: level {level} passed over: {why}")
             trials.append({"level": level, "status": NOT_FOR_MODEL, "reason": why})
+            continue
+        if worse := next((o for o in over if dominates(level, o)), None):
+            trials.append({"level": level, "status": "not tried",
+                           "reason": f"at least as strong as {_fmt_level(worse)}, over budget"})
             continue
         spent = time.perf_counter() - t0
         if any("stage" in t for t in trials) and spent > search.time_budget_s:  # the first level always runs
@@ -189,8 +203,12 @@ def _walk(cfg: BenchConfig, search: SearchConfig, plan: Plan, log) -> tuple[list
         branch = plan.branch(level)
         kept += branch if within else branch[:2]  # an over-budget level is reported, not exported
         if not within:
-            break
+            over.append(level)
     return trials, kept
+
+
+def _fmt_level(level: dict) -> str:
+    return ", ".join(f"{k} {v:.3g}" for k, v in level.items())
 
 
 def run_search(cfg: BenchConfig, search: SearchConfig, log=print) -> tuple[object, dict]:
@@ -216,11 +234,12 @@ def markdown(record: dict) -> list[str]:
     lines = ["## Search", "",
              f"Pruning levels tried, mild to aggressive, each with the distilled recovery; kept while the "
              f"recovered model is within {record['max_drop_points']:g} point(s) of the reference on dev "
-             f"(time budget {record['time_budget_s']:g} s, spent {record['wall_time_s']:g} s; trials run "
+             f"(a level at least as strong as one over budget is not tried; time budget "
+             f"{record['time_budget_s']:g} s, spent {record['wall_time_s']:g} s; trials run "
              f"{record.get('runner', 'in process')}).", "",
              "| level | recovered stage | dev accuracy | Δ dev (pts) | status |", "|---|---|---|---|---|"]
     for t in record["trials"]:
-        lvl = ", ".join(f"{k} {v:.3g}" for k, v in t["level"].items())
+        lvl = _fmt_level(t["level"])
         d = t.get("dev_drop_points")
         lines.append(f"| {lvl} | {t.get('stage', '—')} | "
                      + (f"{t['dev_accuracy']:.4f} | {-d:+.2f}" if d is not None else "— | —")

@@ -286,9 +286,20 @@ class OpenVinoInt8Config:
     # "disable"; None = "enable" where u8s8 sums saturate (AVX2 without VNNI: a tiny model's
     # agreement fell to 0.906 there without it), NNCF's default elsewhere
     overflow_fix: str | None = None
+    # embedding tables: "int8" (NNCF's per-row int8) or "int4" (``nncf.compress_weights``,
+    # asymmetric groups of ``embedding_block`` values along the hidden axis; per row where the
+    # hidden size is no multiple of it), as the ONNX Runtime int8 stage's ``embeddings: int4``.
+    # On the recovered 0.5/0.6 MiniLM: IR 17.0 -> 11.1 MB, dev 0.8784 -> 0.8807, batch 32 in
+    # rotation in one process 0.96-1.00x (AVX-512 EPYC, docs/results/bench-2026-12-07-avx512.md).
+    embeddings: str = "int8"
+    embedding_block: int = 128
 
     def __post_init__(self) -> None:
         _check_precision(self.precision)
+        if self.embeddings not in ("int8", "int4"):
+            raise SpecError(f"embeddings must be 'int8' or 'int4', got {self.embeddings!r}")
+        if self.embedding_block not in (16, 32, 64, 128, 256):
+            raise SpecError(f"embedding_block must be a power of two in 16..256, got {self.embedding_block}")
         if self.overflow_fix not in (None, *OVERFLOW_FIXES):
             raise SpecError(f"overflow_fix must be one of {', '.join(OVERFLOW_FIXES)} or null, "
                             f"got {self.overflow_fix!r}")
@@ -312,18 +323,46 @@ def head_patterns(hf_config: dict) -> list[str]:
 
 def nncf_int8(ov_model, batches: list[dict], cfg: OpenVinoInt8Config, ignored: list[str] = ()):
     """NNCF post-training int8 of ``ov_model`` calibrated on tokenized ``batches``; node names
-    matching ``ignored`` (regexes) stay float."""
+    matching ``ignored`` (regexes) stay float; embeddings as ``cfg.embeddings`` says."""
     import nncf
 
     nncf.set_log_level(logging.ERROR)
     names = {n for port in ov_model.inputs for n in port.get_names()}
     data = nncf.Dataset(batches, lambda enc: {k: v for k, v in enc.items() if k in names})
-    scope = nncf.IgnoredScope(patterns=list(ignored), validate=False) if ignored else None
+    types = ["Gather"] if cfg.embeddings == "int4" else []  # left float here, 4-bit below
+    scope = nncf.IgnoredScope(patterns=list(ignored), types=types, validate=False) if ignored or types else None
     advanced = nncf.AdvancedQuantizationParameters(overflow_fix=nncf.OverflowFix(resolve_overflow_fix(cfg.overflow_fix)))
-    return nncf.quantize(ov_model, data, preset=getattr(nncf.QuantizationPreset, cfg.preset.upper()),
-                         model_type=nncf.ModelType.TRANSFORMER, subset_size=len(batches),
-                         fast_bias_correction=cfg.fast_bias_correction, advanced_parameters=advanced,
-                         **({"ignored_scope": scope} if scope else {}))
+    out = nncf.quantize(ov_model, data, preset=getattr(nncf.QuantizationPreset, cfg.preset.upper()),
+                        model_type=nncf.ModelType.TRANSFORMER, subset_size=len(batches),
+                        fast_bias_correction=cfg.fast_bias_correction, advanced_parameters=advanced,
+                        **({"ignored_scope": scope} if scope else {}))
+    return int4_embeddings(out, cfg.embedding_block) if cfg.embeddings == "int4" else out
+
+
+def embedding_widths(ov_model) -> list[int]:
+    """The row width of every embedding table (a Gather reading a 2-D float constant)."""
+    widths = []
+    for op in ov_model.get_ordered_ops():
+        if op.get_type_name() != "Gather":
+            continue
+        table = op.input_value(0).get_node()
+        if table.get_type_name() == "Constant" and len(table.get_output_shape(0)) == 2 \
+                and table.get_output_element_type(0).is_real():
+            widths.append(int(table.get_output_shape(0)[1]))
+    return widths
+
+
+def int4_embeddings(ov_model, block: int):
+    """Every embedding table 4-bit (asymmetric, groups of ``block``; per row if a table's width
+    is no multiple of it); MatMuls untouched (NNCF int8 already has them)."""
+    import nncf
+
+    widths = embedding_widths(ov_model)
+    if not widths:
+        raise ModelError("embeddings: int4 found no embedding table (Gather of a float constant) in the graph")
+    group = block if all(w % block == 0 for w in widths) else -1
+    return nncf.compress_weights(ov_model, mode=nncf.CompressWeightsMode.INT4_ASYM, group_size=group, ratio=1.0,
+                                 all_layers=True, ignored_scope=nncf.IgnoredScope(types=["MatMul"], validate=False))
 
 
 @register_stage("quantize_openvino_int8")
@@ -355,4 +394,6 @@ class QuantizeOpenVinoInt8(Stage):
         return {**manifest, "validation": report, "from_format": parent.format, "calibration_samples": len(calib),
                 **({"float_layers": floats} if floats else {}),
                 "quantization": {"tool": "nncf", "preset": cfg.preset, "model_type": "transformer",
-                                 "overflow_fix": resolve_overflow_fix(cfg.overflow_fix)}}
+                                 "overflow_fix": resolve_overflow_fix(cfg.overflow_fix),
+                                 "embeddings": cfg.embeddings,
+                                 **({"embedding_block": cfg.embedding_block} if cfg.embeddings == "int4" else {})}}

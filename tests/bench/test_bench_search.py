@@ -136,3 +136,31 @@ def test_a_level_the_architecture_refuses_is_passed_over(tmp_path, monkeypatch):
     assert "KV groups" in trials[0]["reason"]
     assert probed == [levels[1]]  # the first level that can run always runs, budget or not
     assert kept and kept[0]["name"] == BRANCH_ROOT
+
+
+def test_an_over_budget_level_rules_out_only_the_levels_at_least_as_strong(tmp_path, monkeypatch):
+    """One layer dropped over budget must not stop the walk before FFN 0.75 (another dimension,
+    fewer FLOPs); two layers dropped is at least as strong in every dimension and is not tried."""
+    import bench.search as search_mod
+
+    a = parser().parse_args(["--quick", "--no-peers", "--output", str(tmp_path / "out")])
+    plan = search_mod.plan_of(build_config(a))
+    layer, ffn, layers2 = ({"heads": 0.5, "ffn": 0.6, "layers": 1 / 6}, {"heads": 0.5, "ffn": 0.75},
+                           {"heads": 0.5, "ffn": 0.6, "layers": 1 / 3})
+    probed = []
+
+    def fake_probe(plan, level, output, threads, log=print):
+        probed.append(level)
+        name = "recovered" + search_mod._suffix(level)
+        return {"stage": name, "accuracy": {plan.ref: 0.9, name: 0.85 if level.get("layers") else 0.895},
+                "reason": "", "artifacts": {}}
+    monkeypatch.setattr(search_mod, "probe", fake_probe)
+    search = SearchConfig(max_drop=1.0, time_budget_s=3600, levels=[layer, ffn, layers2])
+    trials, kept = search_mod._walk(build_config(a), search, plan, log=lambda *_: None)
+    assert [t["status"] for t in trials] == ["over budget", "within budget", "not tried"]
+    assert probed == [layer, ffn]
+    assert "over budget" in trials[2]["reason"] and "layers 0.167" in trials[2]["reason"]
+    names = [s["name"] for s in kept]
+    assert "recovered-f75-h50-onnx-int8" in names  # the kept level is exported and timed
+    assert not any(n.startswith("recovered-f60-h50-l17-") for n in names)  # the over-budget one is not
+    assert search_mod.dominates(layers2, layer) and not search_mod.dominates(ffn, layer)

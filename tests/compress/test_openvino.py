@@ -126,6 +126,48 @@ def test_nncf_int8_agrees_on_real_sentences(chain_rows, reference, sentences):
     assert art.size_mb() < chain_rows["openvino"].artifact.size_mb()
 
 
+@pytest.fixture(scope="module")
+def trained_rows(tmp_path_factory):
+    """A tiny BERT trained 150 steps on SST-2 (hidden 32): 4-bit tables of a random-init parent
+    at std 0.3 flip a tenth of its argmaxes, a trained parent's carry redundancy (tiny_models.py)."""
+    from tests.compress.tiny_models import save_tiny
+
+    out = tmp_path_factory.mktemp("ov-emb4")
+    src = save_tiny("bert", out / "bert", train_steps=150)
+    cfg = dict(calibration_samples=64, validation_samples=96)
+    stages = [ExportOnnx(parent="source"),
+              QuantizeOpenVinoInt8(parent="onnx", config=OpenVinoInt8Config(**cfg)),
+              QuantizeOpenVinoInt8(name="emb4", parent="onnx", config=OpenVinoInt8Config(
+                  **cfg, embeddings="int4", embedding_block=32)),
+              QuantizeOpenVinoInt8(name="emb4-rows", parent="onnx", config=OpenVinoInt8Config(
+                  **cfg, embeddings="int4", embedding_block=128))]  # hidden 32: per row
+    rows = {r.name: r for r in run_stages(src, stages, out / "run", eval_samples=128)}
+    rows["source"] = Artifact.load(src)
+    return rows
+
+
+@pytest.mark.parametrize("name", ["emb4", "emb4-rows"])
+def test_int4_embeddings_shrink_the_nncf_graph_and_keep_its_answers(trained_rows, sentences, name):
+    """4-bit embedding tables (groups of 32, or per row where 128 does not divide the hidden
+    size) beside NNCF's int8 MatMuls: smaller than NNCF's int8 tables, checked like them."""
+    row, int8 = trained_rows[name], trained_rows["openvino-int8"].artifact
+    assert row.status == "ok", row.reason
+    art = row.artifact
+    xml = ir_path(art).read_text()
+    assert 'element_type="u4"' in xml and 'element_type="u4"' not in ir_path(int8).read_text()
+    assert xml.count('type="FakeQuantize"') >= 4  # the MatMuls are still NNCF int8
+    # the word table is 30522 x 32: 0.98 MB at int8, about half at 4 bits (+ scales, zero points)
+    assert art.size_mb() < int8.size_mb() - 0.3
+    src = trained_rows["source"]
+    tok = load_tokenizer(src)
+    ref, got = logits(load_predictor(src, 1), tok, sentences), logits(load_predictor(art, 1), tok, sentences)
+    assert (got.argmax(-1) == ref.argmax(-1)).mean() >= 0.95
+    assert np.corrcoef(ref[:, 1] - ref[:, 0], got[:, 1] - got[:, 0])[0, 1] >= 0.95
+    q = art.manifest["quantization"]
+    assert q["embeddings"] == "int4" and q["embedding_block"] == (32 if name == "emb4" else 128)
+    assert int8.manifest["quantization"]["embeddings"] == "int8"
+
+
 def test_a_stricter_check_fails_the_stage(chain_rows, tmp_path):
     """The stage's check against the parent can fail: at min_agreement 1.0 and a 1-sentence
     calibration it either agrees perfectly or is a failed row naming the agreement."""
@@ -138,7 +180,8 @@ def test_a_stricter_check_fails_the_stage(chain_rows, tmp_path):
 
 
 @pytest.mark.parametrize("kw", [{"precision": "f16"}, {"preset": "fast"}, {"calibration_samples": 0},
-                                {"min_agreement": 0}, {"overflow_fix": "on"}])
+                                {"min_agreement": 0}, {"overflow_fix": "on"}, {"embeddings": "int2"},
+                                {"embedding_block": 100}])
 def test_bad_int8_config_is_a_spec_error(kw):
     with pytest.raises(SpecError):
         OpenVinoInt8Config(**kw)
