@@ -1,4 +1,5 @@
-"""Distillation in ``FineTune``: the loss mixed with KL to a teacher's softened logits.
+"""Distillation in ``FineTune``: the loss mixed with KL to a teacher's softened logits, and
+optionally (``hidden``) with the MSE between the student's and the teacher's hidden states.
 
 The teacher's logits for the training examples are computed once, before training, in
 inference mode on length-sorted batches, and carried in each example (``teacher_logits``).
@@ -6,7 +7,8 @@ Without that, a recovery fine-tune runs the full teacher forward at every step o
 epoch: for the MiniLM teacher and its half-pruned student, batch 32 of 30 tokens on a
 2-vCPU EPYC, 0.17 s of a 0.51 s step. The teacher is in eval mode (no dropout), so its
 logits do not change between epochs; only the padding of a batch differs, which the
-attention mask hides. Batches without carried logits (dev evaluation) run the teacher.
+attention mask hides. Batches without carried logits (dev evaluation) run the teacher, and
+so does every training batch when ``hidden`` is on (nothing is carried then).
 """
 from __future__ import annotations
 
@@ -65,24 +67,53 @@ def distill_trainer_cls(base: type, teacher, settings: DistillSettings):
     import torch.nn.functional as F
 
     teacher.eval().requires_grad_(False)
+    hidden = settings.hidden > 0
 
     class DistillTrainer(base):
         teacher_forwards = 0  # batches the teacher had to score during training or evaluation
 
         def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
             carried = inputs.pop(KEY, None)
-            outputs = model(**inputs)  # CE over the hard labels: outputs.loss
-            if carried is not None:
+            outputs = model(**inputs, **({"output_hidden_states": True} if hidden else {}))  # CE: outputs.loss
+            t_out = None
+            if carried is not None and not (hidden and model.training):
                 t_logits = carried.to(outputs.logits.device, outputs.logits.dtype)
             else:
                 DistillTrainer.teacher_forwards += 1
                 with torch.no_grad():
-                    t_logits = teacher.to(outputs.logits.device)(**{k: v for k, v in inputs.items()
-                                                                    if k != "labels"}).logits
+                    t_out = teacher.to(outputs.logits.device)(
+                        **{k: v for k, v in inputs.items() if k != "labels"},
+                        **({"output_hidden_states": True} if hidden else {}))
+                t_logits = t_out.logits
             T = settings.temperature
             kl = F.kl_div(F.log_softmax(outputs.logits / T, dim=-1), F.log_softmax(t_logits / T, dim=-1),
                           log_target=True, reduction="batchmean") * T * T
             loss = settings.alpha * kl + (1 - settings.alpha) * outputs.loss
+            if hidden and t_out is not None:
+                loss = loss + settings.hidden * hidden_mse(outputs.hidden_states, t_out.hidden_states,
+                                                           inputs.get("attention_mask"))
             return (loss, outputs) if return_outputs else loss
 
     return DistillTrainer
+
+
+def layer_map(student_layers: int, teacher_layers: int) -> list[tuple[int, int]]:
+    """(student, teacher) hidden-state indices: embeddings to embeddings, then student layer j
+    to teacher layer round(j * L_t / L_s), so the last layers always meet (TinyBERT's uniform map)."""
+    return [(0, 0)] + [(j, round(j * teacher_layers / student_layers)) for j in range(1, student_layers + 1)]
+
+
+def hidden_mse(student: tuple, teacher: tuple, mask=None):
+    """Mean squared difference of mapped hidden states over real tokens (``mask`` 1), averaged
+    over the pairs; ``SpecError`` when the widths differ (no projection is learned)."""
+    import torch
+
+    if student[-1].shape[-1] != teacher[-1].shape[-1]:
+        raise SpecError(f"finetune.distill.hidden needs a teacher of the student's width: "
+                        f"{teacher[-1].shape[-1]} vs {student[-1].shape[-1]}; set hidden: 0")
+    pairs = layer_map(len(student) - 1, len(teacher) - 1)
+    w = torch.ones(student[0].shape[:2], device=student[0].device) if mask is None else mask.float()
+    w = (w / w.sum().clamp(min=1)).unsqueeze(-1)
+    total = sum((((student[s].float() - teacher[t].float()) ** 2) * w).sum() / student[s].shape[-1]
+                for s, t in pairs)
+    return total / len(pairs)

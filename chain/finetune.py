@@ -294,7 +294,8 @@ class FineTune(Stage):
         teacher_s = None
         if cfg.distill is not None:  # the teacher scores the train split once, not at every step
             teacher = load_teacher(cfg.distill, task, ctx.trust_remote_code)
-            teacher_s = attach_teacher_logits_(teacher, train_ds.rows, DataCollatorWithPadding(tok))
+            if not cfg.distill.hidden:  # with hidden states the teacher runs at every step anyway
+                teacher_s = attach_teacher_logits_(teacher, train_ds.rows, DataCollatorWithPadding(tok))
             trainer_cls = distill_trainer_cls(trainer_cls, teacher, cfg.distill)
         if anchor is not None:
             from .regularize import l2sp_trainer_cls

@@ -65,12 +65,18 @@ class DistillSettings:
 
     loss = alpha * T^2 * KL(softmax(teacher / T) || softmax(student / T)) + (1 - alpha) * CE
     (Hinton et al.; T^2 keeps the soft term's gradient scale independent of T).
+    ``hidden > 0`` adds ``hidden * MSE`` between the student's hidden states and the teacher's
+    (embeddings, then each student layer j against teacher layer round(j * L_t / L_s); real
+    tokens only), as TinyBERT and CoFi do for students of the teacher's width. The teacher
+    then runs at every step (its hidden states are too large to carry), about a third more
+    step time for the MiniLM teacher.
     """
     # An earlier stage's name (in a chain) or the directory of an HF model / chainpress
     # artifact with a head for this task.
     teacher: str = ""
     alpha: float = 0.5  # weight of the soft (KL) term
     temperature: float = 2.0
+    hidden: float = 0.0  # weight of the hidden-state MSE term (0: logits only)
 
     def __post_init__(self) -> None:
         if not isinstance(self.teacher, str) or not self.teacher:
@@ -81,6 +87,9 @@ class DistillSettings:
         t = self.temperature
         if isinstance(t, bool) or not isinstance(t, (int, float)) or t <= 0:
             raise SpecError(f"finetune.distill.temperature must be positive, got {self.temperature!r}")
+        h = self.hidden
+        if isinstance(h, bool) or not isinstance(h, (int, float)) or not math.isfinite(h) or h < 0:
+            raise SpecError(f"finetune.distill.hidden must be a finite number >= 0, got {self.hidden!r}")
 
 
 @dataclass

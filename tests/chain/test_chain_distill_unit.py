@@ -149,3 +149,43 @@ def test_training_steps_never_run_the_teacher(tiny_bert, small_task_files, tmp_p
     assert steps and not any(steps)  # training batches used the carried logits
     assert seen["cls"].teacher_forwards > 0  # dev evaluation still ran the teacher
     assert res.artifact.manifest["train"]["teacher_logits_s"] >= 0
+
+
+def test_hidden_state_term_adds_the_mapped_layers_mse(tmp_path):
+    """hidden: w adds w * mean over (embeddings, layer j -> round(j * L_t / L_s)) of the per-token
+    MSE on real tokens; a student equal to its teacher adds nothing; padding is not counted."""
+    from chain.distill import hidden_mse, layer_map
+
+    assert layer_map(5, 6) == [(0, 0), (1, 1), (2, 2), (3, 4), (4, 5), (5, 6)]
+    assert layer_map(2, 2) == [(0, 0), (1, 1), (2, 2)]
+    student, teacher = _model(0), _model(1)
+    settings = DistillSettings(teacher="unused", alpha=1.0, temperature=2.0, hidden=3.0)
+    cls = distill_trainer_cls(Trainer, teacher, settings)
+    trainer = cls(model=student.train(), args=TrainingArguments(str(tmp_path), report_to=[], use_cpu=True))
+    torch.manual_seed(0)  # dropout: the same masks for the loss and the check below
+    got = trainer.compute_loss(student, dict(BATCH)).item()
+    torch.manual_seed(0)
+    s = student(**{k: v for k, v in BATCH.items() if k != "labels"}, output_hidden_states=True)
+    with torch.no_grad():
+        t = teacher.eval()(**{k: v for k, v in BATCH.items() if k != "labels"}, output_hidden_states=True)
+    kl = torch.nn.functional.kl_div(torch.log_softmax(s.logits / 2, -1), torch.log_softmax(t.logits / 2, -1),
+                                    log_target=True, reduction="batchmean") * 4
+    mse = sum(((a - b) ** 2).mean() for a, b in zip(s.hidden_states, t.hidden_states)) / 3
+    assert got == pytest.approx((kl + 3.0 * mse).item(), rel=1e-4) and mse.item() > 1e-3
+    assert hidden_mse(t.hidden_states, t.hidden_states).item() == 0.0
+    mask = torch.ones(4, 9)
+    mask[:, 5:] = 0
+    noisy = tuple(h.clone() for h in t.hidden_states)
+    for h in noisy:
+        h[:, 5:] += 10.0  # only padding differs
+    assert hidden_mse(noisy, t.hidden_states, mask).item() == 0.0
+    assert hidden_mse(noisy, t.hidden_states).item() > 1.0
+
+
+def test_hidden_state_term_refuses_a_teacher_of_another_width():
+    from chain.distill import hidden_mse
+
+    with pytest.raises(SpecError, match="width"):
+        hidden_mse((torch.zeros(1, 2, 8),) * 2, (torch.zeros(1, 2, 16),) * 2)
+    with pytest.raises(SpecError, match="hidden"):
+        DistillSettings(teacher="t", hidden=-1)
