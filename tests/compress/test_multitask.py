@@ -162,7 +162,8 @@ def test_report_bad_input_is_one_line(tmp_path, capsys):
 
 
 def test_openvino_ir_and_nncf_int8_keep_every_output(chain_out, evaluator, tmp_path):
-    from compress.openvino import ExportOpenVino, OpenVinoInt8Config, QuantizeOpenVinoInt8
+    from compress.openvino import ExportOpenVino
+    from compress.openvino_int8 import OpenVinoInt8Config, QuantizeOpenVinoInt8
 
     res = run_stages(chain_out["onnx"], [ExportOpenVino(name="ov"),
                                          QuantizeOpenVinoInt8(OpenVinoInt8Config(calibration_samples=16,
@@ -194,7 +195,8 @@ def test_openvino_from_hf_keeps_every_head(chain_out, tmp_path):
     PyTorch with that head swapped in, and the deploy openvino target serves them all."""
     from chain.runtime import load_predictor
     from chain.task import builtin_task
-    from compress.openvino import ExportOpenVino, OpenVinoInt8Config, QuantizeOpenVinoInt8
+    from compress.openvino import ExportOpenVino
+    from compress.openvino_int8 import OpenVinoInt8Config, QuantizeOpenVinoInt8
     from deploy.bundle import Bundle
     from deploy.export import export
     from deploy.runtime import Classifier

@@ -17,7 +17,8 @@ from chain.model import load_tokenizer
 from chain.predict import encode_batches
 from chain.runtime import load_predictor, runtimes
 from chain.task import builtin_task
-from compress.openvino import (ExportOpenVino, OpenVinoExportConfig, OpenVinoInt8Config, QuantizeOpenVinoInt8,
+from compress.openvino_int8 import OpenVinoInt8Config, QuantizeOpenVinoInt8
+from compress.openvino import (ExportOpenVino, OpenVinoExportConfig,
                                cpu_has_bf16, ir_path, resolve_precision)
 from compress.stages import ExportOnnx, QuantizeOnnxInt8
 from tests.conftest import save_tiny_bert
