@@ -74,22 +74,23 @@ def distill_trainer_cls(base: type, teacher, settings: DistillSettings):
 
         def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
             carried = inputs.pop(KEY, None)
-            outputs = model(**inputs, **({"output_hidden_states": True} if hidden else {}))  # CE: outputs.loss
+            layers = hidden and model.training  # evaluation needs logits only (and returns what it gets)
+            outputs = model(**inputs, **({"output_hidden_states": True} if layers else {}))  # CE: outputs.loss
             t_out = None
-            if carried is not None and not (hidden and model.training):
+            if carried is not None and not layers:
                 t_logits = carried.to(outputs.logits.device, outputs.logits.dtype)
             else:
                 DistillTrainer.teacher_forwards += 1
                 with torch.no_grad():
                     t_out = teacher.to(outputs.logits.device)(
                         **{k: v for k, v in inputs.items() if k != "labels"},
-                        **({"output_hidden_states": True} if hidden else {}))
+                        **({"output_hidden_states": True} if layers else {}))
                 t_logits = t_out.logits
             T = settings.temperature
             kl = F.kl_div(F.log_softmax(outputs.logits / T, dim=-1), F.log_softmax(t_logits / T, dim=-1),
                           log_target=True, reduction="batchmean") * T * T
             loss = settings.alpha * kl + (1 - settings.alpha) * outputs.loss
-            if hidden and t_out is not None:
+            if layers:
                 loss = loss + settings.hidden * hidden_mse(outputs.hidden_states, t_out.hidden_states,
                                                            inputs.get("attention_mask"))
             return (loss, outputs) if return_outputs else loss

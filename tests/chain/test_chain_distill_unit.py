@@ -44,8 +44,10 @@ def test_loss_mixes_kl_and_ce(tmp_path):
     assert not any(p.requires_grad for p in teacher.parameters())
 
 
-def test_pruned_student_distils_from_unpruned_teacher(tiny_bert, small_task_files, tmp_path):
-    """Chain shape: prune the parent, fine-tune with the unpruned parent as teacher."""
+@pytest.mark.parametrize("hidden", [0.0, 1.0])
+def test_pruned_student_distils_from_unpruned_teacher(tiny_bert, small_task_files, tmp_path, hidden):
+    """Chain shape: prune the parent, fine-tune with the unpruned parent as teacher (with the
+    hidden-state term too: its dev evaluation once failed on the hidden states it returned)."""
     task = Task("small", {k: str(v) for k, v in small_task_files.items()}, 2).to_dict()
     teacher_before = load_file(str(tiny_bert / "model.safetensors"))
     student_dir = tmp_path / "pruned"
@@ -55,12 +57,13 @@ def test_pruned_student_distils_from_unpruned_teacher(tiny_bert, small_task_file
     for f in ("tokenizer.json", "tokenizer_config.json", "vocab.txt", "special_tokens_map.json"):
         (student_dir / f).write_bytes((tiny_bert / f).read_bytes())
     cfg = FineTuneConfig(task=task, epochs=1, batch_size=16, show_progress=False, head="keep",
-                         distill={"teacher": str(tiny_bert), "alpha": 0.7, "temperature": 2.0})
+                         distill={"teacher": str(tiny_bert), "alpha": 0.7, "temperature": 2.0, "hidden": hidden})
     assert isinstance(cfg.distill, DistillSettings)
     [res] = run_stages(Artifact.load(student_dir), [FineTune(cfg)], tmp_path / "out")
     assert res.status == "ok", res.reason
     assert res.artifact.manifest["train"]["distilled_from"] == str(tiny_bert)
     assert res.artifact.manifest["config"]["distill"]["alpha"] == 0.7
+    assert res.artifact.manifest["config"]["distill"]["hidden"] == hidden
     after = load_file(str(tiny_bert / "model.safetensors"))
     assert all(torch.equal(teacher_before[k], after[k]) for k in teacher_before)  # teacher untouched
     trained = load_file(str(res.artifact.path / "model.safetensors"))
@@ -173,6 +176,9 @@ def test_hidden_state_term_adds_the_mapped_layers_mse(tmp_path):
     mse = sum(((a - b) ** 2).mean() for a, b in zip(s.hidden_states, t.hidden_states)) / 3
     assert got == pytest.approx((kl + 3.0 * mse).item(), rel=1e-4) and mse.item() > 1e-3
     assert hidden_mse(t.hidden_states, t.hidden_states).item() == 0.0
+    student.eval()  # evaluation: logits only, nothing else returned for the Trainer to gather
+    _, out = trainer.compute_loss(student, dict(BATCH), return_outputs=True)
+    assert out.hidden_states is None
     mask = torch.ones(4, 9)
     mask[:, 5:] = 0
     noisy = tuple(h.clone() for h in t.hidden_states)
