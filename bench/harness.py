@@ -46,13 +46,17 @@ class MeasureConfig:
     # weights are out of the caches, which inflated ORT int8's batch-1 p50 by 1.13x against it
     # timed alone (docs/results/isolation-check-6-runtimes-2026-12-02.md); 0 = off
     latency_turn_warmup: int = 1
+    # the same two at batch 32: batches per turn, and untimed batches that start each turn
+    throughput_block: int = 1
+    throughput_turn_warmup: int = 0
     worker_timeout_s: float = 600.0  # a worker silent for this long is killed and its row fails
 
     def __post_init__(self) -> None:
         if min(self.threads, self.latency_calls, self.throughput_batches, self.throughput_rounds,
-               self.latency_block) < 1 or self.latency_turn_warmup < 0:
-            raise ValueError("threads, latency_calls, throughput_batches, throughput_rounds and latency_block "
-                             f"must be >= 1, latency_turn_warmup >= 0: {self}")
+               self.latency_block, self.throughput_block) < 1 or min(self.latency_turn_warmup,
+                                                                     self.throughput_turn_warmup) < 0:
+            raise ValueError("threads, latency_calls, throughput_batches, throughput_rounds, latency_block and "
+                             f"throughput_block must be >= 1, the turn warm-ups >= 0: {self}")
         if self.isolation not in ISOLATION:
             raise ValueError(f"isolation must be one of {ISOLATION}, got {self.isolation!r}")
         if self.worker_timeout_s <= 0:
@@ -120,7 +124,8 @@ def measure_in_workers(artifacts: list[Artifact], tokenizer, texts: list[str], c
         lat = pool.time_rotation("b1", len(b1), cfg.warmup, cfg.latency_block, cfg.seed, cfg.latency_turn_warmup)
         if progress:
             progress("throughput, batch 32")
-        thr = pool.time_rotation("b32", len(b32) * cfg.throughput_rounds, min(len(b32), 3), 1, cfg.seed)
+        thr = pool.time_rotation("b32", len(b32) * cfg.throughput_rounds, min(len(b32), 3), cfg.throughput_block,
+                                 cfg.seed, cfg.throughput_turn_warmup)
         workers, failed = pool.workers, dict(pool.failed)
     out = {}
     for a in artifacts:
@@ -137,7 +142,8 @@ def measure_in_workers(artifacts: list[Artifact], tokenizer, texts: list[str], c
         row["load_s"] = s_round(info.load_s)
         row["first_call_ms"] = s_round(info.first_call_ms.get("b1", float("nan")))
         row["timing"] = {"mode": "process", "worker_pid": info.pid, "latency_block": cfg.latency_block,
-                         "latency_turn_warmup": cfg.latency_turn_warmup,
+                         "latency_turn_warmup": cfg.latency_turn_warmup, "throughput_block": cfg.throughput_block,
+                         "throughput_turn_warmup": cfg.throughput_turn_warmup,
                          "omp_wait_policy": info.omp_wait_policy,
                          "ort_spinning": info.ort_spinning,
                          "first_call_ms_batch32": s_round(info.first_call_ms.get("b32", float("nan")))}
@@ -165,12 +171,14 @@ def measure_predictors(preds: dict[str, Predictor], tokenizer, texts: list[str],
             progress("throughput, batch 32")
         thr = time_interleaved({n: (lambda i, p=p: p(b32[i % len(b32)])) for n, p in preds.items()},
                                n_calls=len(b32) * cfg.throughput_rounds, warmup=min(len(b32), 3),
-                               shuffle_seed=cfg.seed, device=cfg.device)
+                               shuffle_seed=cfg.seed, device=cfg.device, block=cfg.throughput_block,
+                               turn_warmup=cfg.throughput_turn_warmup)
     out = {}
     for name in preds:
         row = speed_row(name, preds[name].backend, lat, thr, reference)
         row["timing"] = {"mode": "inprocess", "latency_block": cfg.latency_block,
-                         "latency_turn_warmup": cfg.latency_turn_warmup,
+                         "latency_turn_warmup": cfg.latency_turn_warmup, "throughput_block": cfg.throughput_block,
+                         "throughput_turn_warmup": cfg.throughput_turn_warmup,
                          "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"), "ort_spinning": False}
         out[name] = row
     return out

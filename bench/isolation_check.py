@@ -3,8 +3,9 @@
 bench times every stage interleaved, either one worker process per model (``process``, the
 default) or all models in one process (``inprocess``). Either is only honest if it gives
 the figures a user gets running that model alone. This check times the gate check's
-artifacts plus two, one per runtime bench times (PyTorch fp32, PyTorch dynamic int8, ONNX
-Runtime fp32 and int8, OpenVINO of the fp32 ONNX, PyTorch bf16 autocast), together as bench
+artifacts plus three, one per runtime bench times (PyTorch fp32, PyTorch dynamic int8, ONNX
+Runtime fp32 and int8, OpenVINO of the fp32 ONNX, PyTorch bf16 autocast, NNCF int8 on
+OpenVINO), together as bench
 does in each ``--mode``, and each alone in a fresh process of its own, ``--repeats`` times in
 rotating order, and reports together/alone for batch-1 p50 latency and batch-32 throughput.
 By default (``--alone paired``) the alone processes run in the same minutes as the together
@@ -27,14 +28,14 @@ import time
 from dataclasses import asdict, replace
 from pathlib import Path
 
-from chain.cli import add_common, guarded, positive_int, quiet_libraries
+from chain.cli import add_common, guarded, nonnegative_int, positive_int, quiet_libraries
 from chain.environment import cpu_steal_s
 
 from .gate_check import CHAIN, EXTRA, REFERENCE, GateCheckConfig, build
 from .harness import ISOLATION, MeasureConfig
 from .report import emit_markdown
 
-# fp32 (PyTorch), int8 (torch-int8), onnx, onnx-int8 (ONNX Runtime), openvino, torch-bf16
+# fp32 (PyTorch), int8 (torch-int8), onnx, onnx-int8 (ONNX Runtime), openvino, torch-bf16, openvino-int8 (NNCF)
 MODELS = (REFERENCE, *CHAIN, *EXTRA)
 METRICS = {"p50_ms": "latency p50", "samples_per_s": "throughput"}
 ALONE = ("paired", "sequential")
@@ -176,7 +177,8 @@ def markdown(summary: dict, command: str) -> str:
              f"Date: {env['date']}. "
              f"Wall time {summary['wall_s']} s. {m['latency_calls']} batch-1 calls, {m['throughput_batches']}x"
              f"{m['throughput_rounds']} batch-32 rounds per process; batch-1 turns of {m.get('latency_block', 1)} "
-             f"call(s) after {m.get('latency_turn_warmup', 0)} untimed. `process`: one worker process per model, "
+             f"call(s) after {m.get('latency_turn_warmup', 0)} untimed, batch-32 turns of "
+             f"{m.get('throughput_block', 1)} after {m.get('throughput_turn_warmup', 0)}. `process`: one worker process per model, "
              "driven in rotation; `inprocess`: all models in one process; alone: one fresh process per model"
              + (f", in the same driver process and minutes as the together figures, the two sides alternating "
                 f"every {summary['segment']} batch-1 calls and every batch-32 round (`bench/paired_alone.py`)."
@@ -229,6 +231,11 @@ def main(argv=None, prog: str = "python -m bench.isolation_check") -> int:
     p.add_argument("--latency-block", type=positive_int, default=MeasureConfig.latency_block,
                    help=f"batch-1 calls a model gets per turn of the rotation (default: bench's, "
                         f"{MeasureConfig.latency_block})")
+    p.add_argument("--throughput-block", type=positive_int, default=MeasureConfig.throughput_block,
+                   help=f"batch-32 calls a model gets per turn (default: bench's, {MeasureConfig.throughput_block})")
+    p.add_argument("--throughput-turn-warmup", type=nonnegative_int, default=MeasureConfig.throughput_turn_warmup,
+                   help=f"untimed batch-32 calls that start each turn (default: bench's, "
+                        f"{MeasureConfig.throughput_turn_warmup})")
     p.add_argument("--report", type=Path, help="also write the Markdown table here")
     p.add_argument("--worker", nargs="+", help=argparse.SUPPRESS)
     p.add_argument("--paired", nargs="+", help=argparse.SUPPRESS)
@@ -248,7 +255,8 @@ def main(argv=None, prog: str = "python -m bench.isolation_check") -> int:
 
 def _check(a, argv) -> int:
     measure = MeasureConfig(threads=a.threads, latency_calls=a.latency_calls, throughput_batches=4,
-                            throughput_rounds=a.throughput_rounds, warmup=5, latency_block=a.latency_block)
+                            throughput_rounds=a.throughput_rounds, warmup=5, latency_block=a.latency_block,
+                            throughput_block=a.throughput_block, throughput_turn_warmup=a.throughput_turn_warmup)
     modes = ISOLATION if a.mode == "both" else (a.mode,)
     cfg = GateCheckConfig(work=a.output, model=a.model, measure=replace(measure, isolation=modes[0]))
     summary = run_isolation_check(cfg, a.repeats, modes=modes, models=tuple(a.models), alone=a.alone,

@@ -95,7 +95,8 @@ def time_paired(arts: list[Artifact], texts: list[str], cfg: MeasureConfig, mode
             together = _InProcess(arts, cfg, inputs)
         # (kind, calls in all, calls per segment, warm-up, block, turn warm-up) as bench.harness times them
         plan = [("b1", len(b1), segment, cfg.warmup, cfg.latency_block, cfg.latency_turn_warmup),
-                ("b32", len(b32) * cfg.throughput_rounds, len(b32), min(len(b32), 3), 1, 0)]
+                ("b32", len(b32) * cfg.throughput_rounds, len(b32), min(len(b32), 3), cfg.throughput_block,
+                 cfg.throughput_turn_warmup)]
         for kind, total, seg, warmup, block, turn_warmup in plan:
             _alone_segment(alone, kind, 0, warmup, rng)  # alone workers warm up as the together side does
             for k, offset in enumerate(range(0, total, seg)):

@@ -257,3 +257,6 @@ class ExportOpenVino(Stage):
         report = _check(parent, out_dir, manifest, texts, ctx, cfg.atol if exact else None,
                         cfg.min_agreement, f"OpenVINO IR ({cfg.precision})")
         return {**manifest, "validation": report, "from_format": parent.format}
+
+
+from . import openvino_int8  # noqa: E402,F401  (registers quantize_openvino_int8, built on the helpers above)

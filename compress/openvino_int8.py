@@ -18,7 +18,7 @@ from chain.predict import encode_batches
 from chain.registry import register_stage
 from chain.stage import RunContext, Stage
 
-from .openvino import XML, _check, _check_precision, _no_bf16, _tokenizer, save_ir
+from . import openvino as ovx  # as a module: compress.stages imports both, either may be imported first
 from .openvino_source import openvino_source
 from .stages import calibration_texts, validation_texts
 
@@ -51,13 +51,14 @@ class OpenVinoInt8Config:
     # embedding tables: "int8" (NNCF's per-row int8) or "int4" (``nncf.compress_weights``,
     # asymmetric groups of ``embedding_block`` values along the hidden axis; per row where the
     # hidden size is no multiple of it), as the ONNX Runtime int8 stage's ``embeddings: int4``.
-    # On the recovered 0.5/0.6 MiniLM: IR 17.0 -> 11.1 MB, dev 0.8784 -> 0.8807, batch 32 in
-    # rotation in one process 0.96-1.00x (AVX-512 EPYC, docs/results/bench-2026-12-07-avx512.md).
+    # On the recovered 0.5/0.6 MiniLM: weights 17.0 -> 11.1 MB, dev 0.8784 -> 0.8807, batch-32
+    # throughput 0.984x (AVX-512 EPYC, benchmarks/openvino_int4_embeddings.py,
+    # docs/results/bench-2026-12-07-avx512.md section 2).
     embeddings: str = "int8"
     embedding_block: int = 128
 
     def __post_init__(self) -> None:
-        _check_precision(self.precision)
+        ovx._check_precision(self.precision)
         if self.embeddings not in ("int8", "int4"):
             raise SpecError(f"embeddings must be 'int8' or 'int4', got {self.embeddings!r}")
         if self.embedding_block not in (16, 32, 64, 128, 256):
@@ -144,22 +145,22 @@ class QuantizeOpenVinoInt8(Stage):
 
     def run(self, parent: Artifact, out_dir: Path, ctx: RunContext) -> dict:
         cfg = self.config
-        if (skip := _no_bf16(cfg.precision)) is not None:
+        if (skip := ovx._no_bf16(cfg.precision)) is not None:
             return skip
-        tok = _tokenizer(parent, ctx.trust_remote_code)
+        tok = ovx._tokenizer(parent, ctx.trust_remote_code)
         calib = [enc for _, enc in encode_batches(tok, calibration_texts(ctx, self.name, cfg.calibration_samples),
                                                   1, cfg.max_length)]
         checks = validation_texts(ctx, self.name, cfg.validation_samples)
         with openvino_source(parent, tok, checks, out_dir, ctx.trust_remote_code) as (ov_model, heads):
             # a multi-task graph's heads stay float (every quantizer keeps heads float); a single head: NNCF's choice
             ignored = head_patterns(json.loads((parent.path / "config.json").read_text())) if heads else []
-            save_ir(nncf_int8(ov_model, calib, cfg, ignored), out_dir, parent)
-        manifest = {"format": "openvino", "openvino": {"xml": XML, "precision": cfg.precision}, **heads}
-        report = _check(parent, out_dir, manifest, checks, ctx, None, cfg.min_agreement, "NNCF int8 model")
+            ovx.save_ir(nncf_int8(ov_model, calib, cfg, ignored), out_dir, parent)
+        manifest = {"format": "openvino", "openvino": {"xml": ovx.XML, "precision": cfg.precision}, **heads}
+        report = ovx._check(parent, out_dir, manifest, checks, ctx, None, cfg.min_agreement, "NNCF int8 model")
         floats = {p: "head (every task's): kept float, nncf IgnoredScope" for p in ignored}
         return {**manifest, "validation": report, "from_format": parent.format, "calibration_samples": len(calib),
                 **({"float_layers": floats} if floats else {}),
                 "quantization": {"tool": "nncf", "preset": cfg.preset, "model_type": "transformer",
                                  "overflow_fix": resolve_overflow_fix(cfg.overflow_fix),
-                                 "embeddings": cfg.embeddings, "u4_constants": _u4_constants(out_dir / XML),
+                                 "embeddings": cfg.embeddings, "u4_constants": _u4_constants(out_dir / ovx.XML),
                                  **({"embedding_block": cfg.embedding_block} if cfg.embeddings == "int4" else {})}}

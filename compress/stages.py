@@ -273,4 +273,4 @@ def task_batches(task: Task, tok, batch_size: int = 32, seed: int = 0):
         yield {**enc, "labels": torch.tensor([split.labels[i] for i in rows])}
 
 
-from . import openvino, openvino_int8  # noqa: E402,F401  (register the OpenVINO runtimes and stages; they import the helpers above)
+from . import openvino  # noqa: E402,F401  (registers the OpenVINO runtimes and stages; it imports the helpers above)

@@ -116,6 +116,10 @@ def test_config_is_validated():
         MeasureConfig(isolation="thread")
     with pytest.raises(ValueError, match="latency_block"):
         MeasureConfig(latency_block=0)
+    with pytest.raises(ValueError, match="throughput_block"):
+        MeasureConfig(throughput_block=0)
+    with pytest.raises(ValueError, match="turn warm-ups"):
+        MeasureConfig(throughput_turn_warmup=-1)
     with pytest.raises(ValueError, match="worker_timeout_s"):
         MeasureConfig(worker_timeout_s=0)
 

@@ -17,10 +17,11 @@ def test_isolation_check_on_tiny_models(tiny_bert_dir, tmp_path):
     from bench.isolation_check import MODELS
     from compress.openvino import cpu_has_bf16
 
-    assert {"fp32", "int8", "onnx", "onnx-int8", "openvino", "torch-bf16"} <= set(MODELS)
+    assert {"fp32", "int8", "onnx", "onnx-int8", "openvino", "torch-bf16", "openvino-int8"} <= set(MODELS)
     cfg = GateCheckConfig(work=tmp_path, model=str(tiny_bert_dir), eval_examples=16,
-                          measure=MeasureConfig(threads=1, latency_calls=10, throughput_batches=1,
-                                                throughput_rounds=2, warmup=2))
+                          measure=MeasureConfig(threads=1, latency_calls=10, throughput_batches=2,
+                                                throughput_rounds=2, warmup=2, throughput_block=2,
+                                                throughput_turn_warmup=1))
     s = run_isolation_check(cfg, repeats=1, log=lambda *_: None, modes=("process", "inprocess"),
                             models=("fp32", "onnx-int8", "openvino", "torch-bf16"), alone="sequential")
     # OpenVINO is installed with chainpress: it must be timed; torch bf16 only where it is native
@@ -39,6 +40,10 @@ def test_isolation_check_on_tiny_models(tiny_bert_dir, tmp_path):
     assert all(v is None or 0 <= v <= 1 for v in run["steal"].values())
     assert run["together:process"]["fp32"]["timing"]["mode"] == "process"
     assert run["together:process"]["fp32"]["timing"]["latency_turn_warmup"] == 1
+    for mode in ("process", "inprocess"):  # batch 32 in turns of 2 after 1 untimed, as configured
+        t = run[f"together:{mode}"]["fp32"]["timing"]
+        assert (t["throughput_block"], t["throughput_turn_warmup"]) == (2, 1)
+    assert "batch-32 turns of 2 after 1" in markdown(s, "x")
     assert run["together:inprocess"]["fp32"]["timing"]["mode"] == "inprocess"
     assert all(run[f"alone:{n}"][n]["timing"]["mode"] == "inprocess" for n in expected)
     saved = json.loads((tmp_path / "isolation_check.json").read_text())
