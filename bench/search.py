@@ -3,22 +3,23 @@
 The default chain prunes half the heads and 60% of the FFN neurons, a recipe tuned on
 SST-2 that loses 4.8 points on another user's data. The search walks a ladder of
 pruning strengths (heads, FFN neurons, whole layers), mild to aggressive (``LADDER``),
-each followed by the default chain's distilled recovery: a level is kept while its recovered model's accuracy on the
-**dev** split stays within ``--max-drop`` points of the fine-tuned reference. A level over
-budget rules out every later level at least as strong in each dimension (``dominates``:
-they would lose more), not the whole rest of the ladder: the ladder mixes dimensions, and
-on an AVX-512 EPYC one layer dropped was over budget while FFN 0.75, fewer FLOPs, was not
-tried at all. The walk ends when the ladder does or when
-``--time-budget`` seconds have passed (the first level always runs, and a level
-already started finishes). Each kept
-level then gets the default chain's exports (ONNX, ONNX Runtime int8, OpenVINO int8),
-every row is timed in the normal bench run, and the best-per-workload pick chooses
-among them with the same dev budget. Trials are chain stages, so they are cached: a
-re-run, or a longer ``--time-budget`` after a short one, retrains nothing it has.
+each followed by the default chain's distilled recovery: a level is kept while its
+recovered model's accuracy on the **dev** split stays within ``--max-drop`` points of the
+fine-tuned reference. A level over budget rules out every later level at least as strong in
+each dimension (``dominates``: they would lose more), not the rest of the ladder, which mixes
+dimensions: on an AVX-512 EPYC, stopping at the first level over budget (one layer dropped)
+left FFN 0.75, fewer FLOPs and within budget (dev -0.69), untried. Its batch-32 pick was 1.85x the best peer then, and 2.04x with this rule (and 4-bit
+NNCF embeddings) two runs later (docs/results/bench-2026-12-07-avx512.md).
+The walk ends with the ladder, or once ``--time-budget`` seconds have passed (the first level
+always runs, and a level already started finishes). Each kept level then gets the default
+chain's exports (ONNX, ONNX Runtime int8, OpenVINO int8), every row is timed in the normal
+bench run, and the best-per-workload pick chooses among them with the same dev budget.
+Trials are chain stages, so they are cached: a re-run, or a longer ``--time-budget`` after a
+short one, retrains nothing it has.
 
 With ``--ray ADDRESS`` the levels are Ray Tune trials instead, run side by side on the
 cluster (``bench.search_ray``): all of them are measured, and every level within budget is
-kept, not only those before the first one over it.
+kept, including those the walk would pass over.
 
 Static (calibrated QDQ) int8 is not a search dimension: on an AVX-512 VNNI CPU it ran at 281
 samples/s against dynamic int8's 498 on the same graph and dev accuracy
