@@ -119,6 +119,11 @@ def embedding_widths(ov_model) -> list[int]:
     return widths
 
 
+def embedding_group(widths: list[int], block: int) -> int | str:
+    """Values per 4-bit group: ``block`` where it divides every table's width, else "row"."""
+    return block if all(w % block == 0 for w in widths) else "row"
+
+
 def int4_embeddings(ov_model, block: int):
     """Every embedding table 4-bit (asymmetric, groups of ``block``; per row if a table's width
     is no multiple of it); MatMuls untouched (NNCF int8 already has them)."""
@@ -127,8 +132,9 @@ def int4_embeddings(ov_model, block: int):
     widths = embedding_widths(ov_model)
     if not widths:  # nothing to shrink (the int8 stage's manifest then says u4_constants: 0)
         return ov_model
-    group = block if all(w % block == 0 for w in widths) else -1
-    return nncf.compress_weights(ov_model, mode=nncf.CompressWeightsMode.INT4_ASYM, group_size=group, ratio=1.0,
+    group = embedding_group(widths, block)
+    return nncf.compress_weights(ov_model, mode=nncf.CompressWeightsMode.INT4_ASYM,
+                                 group_size=-1 if group == "row" else group, ratio=1.0,
                                  all_layers=True, ignored_scope=nncf.IgnoredScope(types=["MatMul"], validate=False))
 
 
@@ -154,6 +160,7 @@ class QuantizeOpenVinoInt8(Stage):
         with openvino_source(parent, tok, checks, out_dir, ctx.trust_remote_code) as (ov_model, heads):
             # a multi-task graph's heads stay float (every quantizer keeps heads float); a single head: NNCF's choice
             ignored = head_patterns(json.loads((parent.path / "config.json").read_text())) if heads else []
+            group = embedding_group(embedding_widths(ov_model), cfg.embedding_block)
             ovx.save_ir(nncf_int8(ov_model, calib, cfg, ignored), out_dir, parent)
         manifest = {"format": "openvino", "openvino": {"xml": ovx.XML, "precision": cfg.precision}, **heads}
         report = ovx._check(parent, out_dir, manifest, checks, ctx, None, cfg.min_agreement, "NNCF int8 model")
@@ -163,4 +170,4 @@ class QuantizeOpenVinoInt8(Stage):
                 "quantization": {"tool": "nncf", "preset": cfg.preset, "model_type": "transformer",
                                  "overflow_fix": resolve_overflow_fix(cfg.overflow_fix),
                                  "embeddings": cfg.embeddings, "u4_constants": _u4_constants(out_dir / ovx.XML),
-                                 **({"embedding_block": cfg.embedding_block} if cfg.embeddings == "int4" else {})}}
+                                 **({"embedding_group": group} if cfg.embeddings == "int4" else {})}}
