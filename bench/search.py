@@ -8,8 +8,9 @@ recovered model's accuracy on the **dev** split stays within ``--max-drop`` poin
 fine-tuned reference. A level over budget rules out every later level at least as strong in
 each dimension (``dominates``: they would lose more), not the rest of the ladder, which mixes
 dimensions: on an AVX-512 EPYC, stopping at the first level over budget (one layer dropped)
-left FFN 0.75, fewer FLOPs and within budget (dev -0.69), untried. Its batch-32 pick was 1.85x the best peer then, and 2.04x with this rule (and 4-bit
-NNCF embeddings) two runs later (docs/results/bench-2026-12-07-avx512.md).
+left FFN 0.75, fewer FLOPs and within budget (dev -0.69), untried. Its batch-32 pick was
+1.85x the best peer then (2026-12-04), and 2.04x with this rule and 4-bit NNCF embeddings
+(2026-12-07, docs/results/bench-2026-12-07-avx512.md).
 The walk ends with the ladder, or once ``--time-budget`` seconds have passed (the first level
 always runs, and a level already started finishes). Each kept level then gets the default
 chain's exports (ONNX, ONNX Runtime int8, OpenVINO int8), every row is timed in the normal
