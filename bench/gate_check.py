@@ -67,10 +67,10 @@ class GateCheckConfig:
             raise ValueError(f"need runs >= 1, baseline_runs >= 1, slowdown > 1 and slow_stage in {CHAIN}: {self}")
 
 
-def build(cfg: GateCheckConfig, log=print, extra: bool = False) -> list[Path]:
+def build(cfg: GateCheckConfig, log=print, extra: tuple[str, ...] = ()) -> list[Path]:
     """The reference (model + seeded 2-label head) and the chain's stages, built once and reused
-    (through the chain executor: a second call finds every stage cached); ``extra`` adds
-    ``RUNTIME_STAGES``, so every runtime bench times has an artifact."""
+    (through the chain executor: a second call finds every stage cached); ``extra`` names the
+    ``RUNTIME_STAGES`` to add, so every runtime the caller times has an artifact."""
     import torch
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
@@ -97,7 +97,7 @@ def build(cfg: GateCheckConfig, log=print, extra: bool = False) -> list[Path]:
                        "stages": [{"name": "int8", "type": "quantize_int8", "parent": "source"},
                                   {"name": "onnx", "type": "export_onnx", "parent": "source"},
                                   {"name": "onnx-int8", "type": "quantize_onnx_int8", "parent": "onnx"},
-                                  *(RUNTIME_STAGES if extra else ())]})
+                                  *(s for s in RUNTIME_STAGES if s["name"] in extra)]})
     results = run_chain(spec, cfg.work / "chain", log=lambda msg: None)
     built = []
     for r in results["stages"]:

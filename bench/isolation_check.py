@@ -106,7 +106,7 @@ def run_isolation_check(cfg: GateCheckConfig, repeats: int = 5, log=print, modes
             or alone not in ALONE or segment < 1:
         raise ValueError(f"need repeats >= 1, modes among {ISOLATION}, models among {MODELS}, "
                          f"alone among {ALONE}, segment >= 1")
-    dirs = build(cfg, log, extra=bool(set(models) & set(EXTRA)))
+    dirs = build(cfg, log, extra=tuple(n for n in EXTRA if n in models))
     from chain.artifact import Artifact
 
     have = {Artifact.load(d).name for d in dirs}
@@ -178,7 +178,8 @@ def markdown(summary: dict, command: str) -> str:
              f"Wall time {summary['wall_s']} s. {m['latency_calls']} batch-1 calls, {m['throughput_batches']}x"
              f"{m['throughput_rounds']} batch-32 rounds per process; batch-1 turns of {m.get('latency_block', 1)} "
              f"call(s) after {m.get('latency_turn_warmup', 0)} untimed, batch-32 turns of "
-             f"{m.get('throughput_block', 1)} after {m.get('throughput_turn_warmup', 0)}. `process`: one worker process per model, "
+             f"{m.get('throughput_block', 1)} after {m.get('throughput_turn_warmup', 0)}. "
+             "`process`: one worker process per model, "
              "driven in rotation; `inprocess`: all models in one process; alone: one fresh process per model"
              + (f", in the same driver process and minutes as the together figures, the two sides alternating "
                 f"every {summary['segment']} batch-1 calls and every batch-32 round (`bench/paired_alone.py`)."

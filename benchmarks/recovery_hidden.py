@@ -30,11 +30,21 @@ def main(argv=None) -> int:
     p.add_argument("--hidden", nargs="+", type=float, default=[0.0, 1.0])
     p.add_argument("--threads", type=int, default=2)
     a = p.parse_args(argv)
+    if not (a.output / "results.json").is_file():
+        print(f"error: {a.output} holds no results.json; give the --output of a finished python -m bench run "
+              "(its cache is what this reuses)", file=sys.stderr)
+        return 2
+    try:
+        level = _level(a.level)
+    except ValueError:
+        print(f"error: --level takes name=number pairs (heads=0.5 ffn=0.6 layers=0.1667), got {a.level}",
+              file=sys.stderr)
+        return 2
     import bench.search as S
     from bench.__main__ import build_config, parser
 
     cfg = build_config(parser().parse_args(["--output", str(a.output), "--threads", str(a.threads)]))
-    plan, level, rows = S.plan_of(cfg), _level(a.level), []
+    plan, rows = S.plan_of(cfg), []
     base_branch = plan.branch
     for h in a.hidden:
         def branch(lv, h=h):

@@ -76,7 +76,6 @@ def distill_trainer_cls(base: type, teacher, settings: DistillSettings):
             carried = inputs.pop(KEY, None)
             layers = hidden and model.training  # evaluation needs logits only (and returns what it gets)
             outputs = model(**inputs, **({"output_hidden_states": True} if layers else {}))  # CE: outputs.loss
-            t_out = None
             if carried is not None and not layers:
                 t_logits = carried.to(outputs.logits.device, outputs.logits.dtype)
             else:
