@@ -59,6 +59,22 @@ def attach_teacher_logits_(teacher, rows: list[dict], collator, batch_size: int 
     return time.perf_counter() - t0
 
 
+def augmented_rows(tok, texts: list[str], max_length: int, teacher, keep_logits: bool = True) -> list[dict]:
+    """Training rows for unlabelled ``texts`` (chain.augment's edits), labelled by ``teacher``:
+    its logits carried for the soft term and their argmax as the hard label. ``keep_logits``
+    False (``hidden`` on: the teacher runs at every step) drops the logits again, as no other
+    row carries any then."""
+    from transformers import DataCollatorWithPadding
+
+    enc = tok(texts, truncation=True, max_length=max_length)
+    rows = [{k: v[i] for k, v in enc.items()} for i in range(len(texts))]
+    attach_teacher_logits_(teacher, rows, DataCollatorWithPadding(tok))
+    for r in rows:
+        logits = r[KEY] if keep_logits else r.pop(KEY)
+        r["labels"] = max(range(len(logits)), key=logits.__getitem__)
+    return rows
+
+
 def distill_trainer_cls(base: type, teacher, settings: DistillSettings):
     """``base`` with its loss mixed with KL to ``teacher``'s softened logits; the teacher is
     an attribute of the Trainer, not of the model, so no optimizer or DDP wrapper sees it.

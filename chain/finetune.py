@@ -28,7 +28,8 @@ from typing import ClassVar
 
 from . import lora_merge
 from .artifact import Artifact
-from .distill import attach_teacher_logits_, distill_trainer_cls, load_teacher
+from .augment import augment
+from .distill import attach_teacher_logits_, augmented_rows, distill_trainer_cls, load_teacher
 from .errors import SpecError, TrainingError
 from .heads import (copy_heads, head_labels, head_tasks, load_head, reinit_head_, save_head, save_head_state,
                     set_head_, set_labels_)
@@ -291,11 +292,16 @@ class FineTune(Stage):
             kw.update(remove_unused_columns=False, label_names=["labels"])
         args = TrainingArguments(**{**kw, **cfg.extra_args})  # extra_args override the defaults
         trainer_cls = _guarded_trainer_cls()
-        teacher_s = None
+        teacher_s, augmented = None, 0
         if cfg.distill is not None:  # the teacher scores the train split once, not at every step
             teacher = load_teacher(cfg.distill, task, ctx.trust_remote_code)
             if not cfg.distill.hidden:  # with hidden states the teacher runs at every step anyway
                 teacher_s = attach_teacher_logits_(teacher, train_ds.rows, DataCollatorWithPadding(tok))
+            if cfg.distill.augment is not None:
+                extra = augmented_rows(tok, augment(train.texts, cfg.distill.augment), cfg.max_length, teacher,
+                                       keep_logits=not cfg.distill.hidden)
+                train_ds.rows.extend(extra)
+                augmented = len(extra)
             trainer_cls = distill_trainer_cls(trainer_cls, teacher, cfg.distill)
         if anchor is not None:
             from .regularize import l2sp_trainer_cls
@@ -342,6 +348,7 @@ class FineTune(Stage):
                           "shuffled_labels": cfg.shuffle_labels,
                           "distilled_from": cfg.distill.teacher if cfg.distill else None,
                           "teacher_logits_s": None if teacher_s is None else round(teacher_s, 1),
+                          "augmented_examples": augmented or None,
                           "rehearsal_examples": replayed or None,
                           "lora_merge": None if merged is None else merged[2],
                           "l2sp": None if cfg.l2sp is None else {"weight": cfg.l2sp.weight,

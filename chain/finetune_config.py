@@ -10,6 +10,7 @@ import random
 import re
 from dataclasses import dataclass, field
 
+from .augment import AugmentSettings
 from .errors import SpecError
 from .task import Split, Task, builtin_task, normalize_text
 
@@ -77,6 +78,8 @@ class DistillSettings:
     alpha: float = 0.5  # weight of the soft (KL) term
     temperature: float = 2.0
     hidden: float = 0.0  # weight of the hidden-state MSE term (0: logits only)
+    # Teacher-labelled edits of the train sentences added to the recovery's data (chain.augment)
+    augment: AugmentSettings | None = None
 
     def __post_init__(self) -> None:
         if not isinstance(self.teacher, str) or not self.teacher:
@@ -90,6 +93,14 @@ class DistillSettings:
         h = self.hidden
         if isinstance(h, bool) or not isinstance(h, (int, float)) or not math.isfinite(h) or h < 0:
             raise SpecError(f"finetune.distill.hidden must be a finite number >= 0, got {self.hidden!r}")
+        if isinstance(self.augment, dict):
+            try:
+                self.augment = AugmentSettings(**self.augment)
+            except TypeError as e:
+                raise SpecError(f"finetune.distill.augment: {e}") from None
+        if self.augment is not None and not isinstance(self.augment, AugmentSettings):
+            raise SpecError(f"finetune.distill.augment must be a mapping (copies, p, span, edits, seed), "
+                            f"got {self.augment!r}")
 
 
 @dataclass

@@ -44,10 +44,11 @@ def test_loss_mixes_kl_and_ce(tmp_path):
     assert not any(p.requires_grad for p in teacher.parameters())
 
 
-@pytest.mark.parametrize("hidden", [0.0, 1.0])
-def test_pruned_student_distils_from_unpruned_teacher(tiny_bert, small_task_files, tmp_path, hidden):
+@pytest.mark.parametrize("hidden,augment", [(0.0, None), (1.0, None), (0.0, {"copies": 2}), (1.0, {"copies": 1})])
+def test_pruned_student_distils_from_unpruned_teacher(tiny_bert, small_task_files, tmp_path, hidden, augment):
     """Chain shape: prune the parent, fine-tune with the unpruned parent as teacher (with the
-    hidden-state term too: its dev evaluation once failed on the hidden states it returned)."""
+    hidden-state term too: its dev evaluation once failed on the hidden states it returned;
+    with teacher-labelled augmentation, whose rows must batch with the others either way)."""
     task = Task("small", {k: str(v) for k, v in small_task_files.items()}, 2).to_dict()
     teacher_before = load_file(str(tiny_bert / "model.safetensors"))
     student_dir = tmp_path / "pruned"
@@ -57,13 +58,16 @@ def test_pruned_student_distils_from_unpruned_teacher(tiny_bert, small_task_file
     for f in ("tokenizer.json", "tokenizer_config.json", "vocab.txt", "special_tokens_map.json"):
         (student_dir / f).write_bytes((tiny_bert / f).read_bytes())
     cfg = FineTuneConfig(task=task, epochs=1, batch_size=16, show_progress=False, head="keep",
-                         distill={"teacher": str(tiny_bert), "alpha": 0.7, "temperature": 2.0, "hidden": hidden})
+                         distill={"teacher": str(tiny_bert), "alpha": 0.7, "temperature": 2.0, "hidden": hidden,
+                                  "augment": augment})
     assert isinstance(cfg.distill, DistillSettings)
     [res] = run_stages(Artifact.load(student_dir), [FineTune(cfg)], tmp_path / "out")
     assert res.status == "ok", res.reason
     assert res.artifact.manifest["train"]["distilled_from"] == str(tiny_bert)
     assert res.artifact.manifest["config"]["distill"]["alpha"] == 0.7
     assert res.artifact.manifest["config"]["distill"]["hidden"] == hidden
+    train = res.artifact.manifest["train"]
+    assert train["augmented_examples"] == (train["examples"] * augment["copies"] if augment else None)
     after = load_file(str(tiny_bert / "model.safetensors"))
     assert all(torch.equal(teacher_before[k], after[k]) for k in teacher_before)  # teacher untouched
     trained = load_file(str(res.artifact.path / "model.safetensors"))

@@ -1,0 +1,96 @@
+"""What a change to the distilled recovery buys a search level, on dev (issue 12).
+
+Runs one pruning level of ``python -m bench --search`` (prune + the default chain's distilled
+recovery) in an existing bench output folder, once per ``--variant``, reusing its cache: the
+fine-tuned reference and the pruned model are not rebuilt, and a variant already run is not
+retrained. A variant is a JSON object of ``finetune.distill`` fields merged into the default
+recovery's (``{}`` is the default chain's recovery itself), plus optionally ``"epochs"``, the
+recovery's. Prints each recovered model's dev accuracy against the reference's, as the search
+judges it, and the recovery's wall time.
+
+>>> python benchmarks/recovery_distill.py OUT --level heads=0.5 ffn=0.6 layers=0.1667 \\
+...     --variant '{}' '{"augment": {"copies": 1}}' '{"hidden": 10}'
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+DEFAULT_LEVEL = ["heads=0.5", "ffn=0.6", "layers=0.16666666666666666"]
+
+
+def _level(items: list[str]) -> dict:
+    return {k: float(v) for k, v in (i.split("=", 1) for i in items)}
+
+
+def _variant(text: str) -> dict:
+    v = json.loads(text)
+    if not isinstance(v, dict):
+        raise ValueError(text)
+    return v
+
+
+def run(output: Path, level_items: list[str], variants: list[str], threads: int = 2) -> int:
+    if not (output / "results.json").is_file():
+        print(f"error: {output} holds no results.json; give the --output of a finished python -m bench run "
+              "(its cache is what this reuses)", file=sys.stderr)
+        return 2
+    try:
+        level = _level(level_items)
+    except ValueError:
+        print(f"error: --level takes name=number pairs (heads=0.5 ffn=0.6 layers=0.1667), got {level_items}",
+              file=sys.stderr)
+        return 2
+    try:
+        parsed = [_variant(v) for v in variants]
+    except ValueError:
+        print(f"error: --variant takes JSON objects of finetune.distill fields ('{{}}', "
+              f"'{{\"hidden\": 10}}'), got {variants}", file=sys.stderr)
+        return 2
+    import bench.search as S
+    from bench.__main__ import build_config, parser
+
+    cfg = build_config(parser().parse_args(["--output", str(output), "--threads", str(threads)]))
+    plan, rows = S.plan_of(cfg), []
+    base_branch = plan.branch
+    for text, var in zip(variants, parsed):
+        def branch(lv, var=var):
+            b = base_branch(lv)
+            rec = {**b[1]["config"]}
+            patch = {k: v for k, v in var.items() if k != "epochs"}
+            rec["distill"] = {**rec["distill"], **patch}
+            if "epochs" in var:
+                rec["epochs"] = var["epochs"]
+            b[1]["config"] = rec
+            return b
+        plan.branch = branch
+        t0 = time.perf_counter()
+        trial = S.judge(plan, level, S.probe(plan, level, output, threads, log=lambda *_: None), 1.0)
+        rows.append({"variant": text, **trial, "wall_s": round(time.perf_counter() - t0, 1)})
+        print(json.dumps(rows[-1]), flush=True)
+    print("\n| variant | dev accuracy | Δ dev vs reference (pts) | wall s (cached: ~0) |\n|---|---|---|---|")
+    for r in rows:
+        if r.get("status") == "failed":
+            print(f"| `{r['variant']}` | failed: {r.get('reason', '')} | | {r['wall_s']} |")
+        else:
+            print(f"| `{r['variant']}` | {r['dev_accuracy']:.4f} | {-r['dev_drop_points']:+.2f} | {r['wall_s']} |")
+    return 0
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("output", type=Path, help="a python -m bench output folder (its cache is reused)")
+    p.add_argument("--level", nargs="+", default=DEFAULT_LEVEL)
+    p.add_argument("--variant", nargs="+", default=["{}"])
+    p.add_argument("--threads", type=int, default=2)
+    a = p.parse_args(argv)
+    return run(a.output, a.level, a.variant, a.threads)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
