@@ -15,7 +15,7 @@ import os
 import sys
 from pathlib import Path
 
-from chain.cli import add_common, default_threads, guarded, positive_int, quiet_libraries, version
+from chain.cli import add_common, default_threads, guarded, nonnegative_int, positive_int, quiet_libraries, version
 
 
 def parser(prog: str = "python -m bench") -> argparse.ArgumentParser:
@@ -45,6 +45,9 @@ def parser(prog: str = "python -m bench") -> argparse.ArgumentParser:
                    help="dev accuracy points the picked output may lose vs the reference (default 1.0)")
     p.add_argument("--time-budget", type=float, default=2700.0, metavar="SECONDS",
                    help="--search starts no new level after this many seconds (default 2700)")
+    p.add_argument("--augment-retry", type=nonnegative_int, default=None, metavar="COPIES",
+                   help="--search retries a level over budget once, its recovery also trained on COPIES "
+                   "teacher-labelled edited copies of the train split (default 0: no retry)")
     p.add_argument("--ray", metavar="ADDRESS", help="--search runs each level as a Ray Tune trial of --threads "
                    "CPUs: 'local' (a Ray started here), 'auto' or ray://host:10001 (--output on shared storage)")
     p.add_argument("--isolation", choices=("process", "inprocess"),
@@ -107,9 +110,12 @@ def main(argv=None, prog: str = "python -m bench") -> int:
         if a.search:
             from .search import SearchConfig
 
-            search = SearchConfig(max_drop=a.max_drop, time_budget_s=a.time_budget, ray=a.ray)
+            search = SearchConfig(max_drop=a.max_drop, time_budget_s=a.time_budget, ray=a.ray,
+                                  **({} if a.augment_retry is None else {"augment": a.augment_retry}))
         elif a.time_budget != 2700.0:
             raise SpecError("--time-budget bounds --search; add --search or drop it")
+        elif a.augment_retry is not None:
+            raise SpecError("--augment-retry is part of --search; add --search or drop it")
         elif a.ray:
             raise SpecError("--ray runs --search's trials on Ray Tune; add --search or drop it")
         if not a.max_drop >= 0:

@@ -65,8 +65,13 @@ class SearchConfig:
     time_budget_s: float = 2700.0  # no new level starts after this many seconds
     levels: list[dict] = field(default_factory=lambda: [dict(x) for x in LADDER])
     ray: str | None = None  # a Ray address (local, auto, ray://host:10001): every level a Ray Tune trial
+    # A level over budget is retried once with this many teacher-labelled edited copies of
+    # the train split in its recovery (finetune.distill.augment; 0: no retry)
+    augment: int = 0
 
     def __post_init__(self) -> None:
+        if isinstance(self.augment, bool) or not isinstance(self.augment, int) or self.augment < 0:
+            raise SpecError(f"--augment-retry must be a whole number of copies >= 0, got {self.augment!r}")
         if not self.max_drop >= 0:
             raise SpecError(f"--max-drop must be >= 0 accuracy points, got {self.max_drop}")
         if not self.time_budget_s > 0:
@@ -87,20 +92,29 @@ def _suffix(level: dict) -> str:
     return "-" + "-".join(f"{k[0]}{round(100 * v)}" for k, v in sorted(level.items()) if v)
 
 
-def level_stages(template: list[dict], level: dict, default: dict) -> list[dict]:
-    """The branch for one level: its prune config, renamed unless it is the default's."""
+def level_stages(template: list[dict], level: dict, default: dict, augment: int = 0) -> list[dict]:
+    """The branch for one level: its prune config, renamed unless it is the default's. With
+    ``augment`` the recovery (the stage built on the pruned one) trains on that many edited
+    copies too, and it and its exports are named ``-augN``; the pruned stage is shared."""
     sfx = "" if level == default else _suffix(level)
+    aug = f"-aug{augment}" if augment else ""
     names = {st["name"] for st in template}
 
     def rename(n):
         return n.replace(BRANCH_ROOT, BRANCH_ROOT + sfx, 1) if n == BRANCH_ROOT else \
-            (n.replace("recovered", "recovered" + sfx, 1) if n in names else n)
+            (n.replace("recovered", "recovered" + sfx + aug, 1) if n in names else n)
     out = []
     for st in template:
         st = copy.deepcopy(st)
+        recovery = st.get("parent") == BRANCH_ROOT
         st["name"], st["parent"] = rename(st["name"]), rename(st.get("parent"))
         if st["name"].startswith(BRANCH_ROOT):
             st["config"] = {**(st.get("config") or {}), **level}
+        elif recovery and augment:
+            cfg = st.get("config") or {}
+            if not cfg.get("distill"):
+                raise SpecError(f"--augment-retry needs a distilled recovery; {st['name']} has no distill teacher")
+            st["config"] = {**cfg, "distill": {**cfg["distill"], "augment": {"copies": augment}}}
         out.append(st)
     return out
 
@@ -119,8 +133,8 @@ class Plan:
     def ref_stage(self) -> dict:
         return next(st for st in self.others if st["name"] == self.ref)
 
-    def branch(self, level: dict) -> list[dict]:
-        return level_stages(self.template, level, self.default)
+    def branch(self, level: dict, augment: int = 0) -> list[dict]:
+        return level_stages(self.template, level, self.default, augment)
 
 
 def plan_of(cfg: BenchConfig) -> Plan:
@@ -144,10 +158,10 @@ def refusal(plan: Plan, level: dict) -> str:
     return f"{refused[0][0]} is {refused[0][3]}" if refused else ""
 
 
-def probe(plan: Plan, level: dict, output: Path, threads: int, log=print) -> dict:
+def probe(plan: Plan, level: dict, output: Path, threads: int, log=print, augment: int = 0) -> dict:
     """Prune + recovery of one level after the reference, run (or found cached) in ``output``:
     -> {stage, dev accuracy of the reference and of the recovered model, artifacts, reason}."""
-    branch = plan.branch(level)
+    branch = plan.branch(level, augment)
     recovered = next(st["name"] for st in branch if st.get("parent") == branch[0]["name"])
     spec, refused = drop_unsupported(parse_spec({**plan.raw, "stages": [plan.ref_stage] + branch[:2]}, plan.base))
     if refused:
@@ -179,7 +193,7 @@ def _walk(cfg: BenchConfig, search: SearchConfig, plan: Plan, log) -> tuple[list
     """In this process, mild to aggressive; a level at least as strong as one over budget is
     passed over (``dominates``), every other level runs while the time budget lasts."""
     t0, trials, kept, over = time.perf_counter(), [], [], []
-    for level in search.levels:
+    for i, level in enumerate(search.levels):
         why = refusal(plan, level)
         if why:  # a level this architecture cannot take is said and passed over, never fatal
             log(f"search: level {level} passed over: {why}")
@@ -194,19 +208,34 @@ def _walk(cfg: BenchConfig, search: SearchConfig, plan: Plan, log) -> tuple[list
             trials.append({"level": level, "status": "not tried",
                            "reason": f"--time-budget {search.time_budget_s:g} s spent ({spent:.0f} s)"})
             continue
-        log(f"search: level {level} ({len(trials) + 1}/{len(search.levels)})")
-        trial = judge(plan, level, probe(plan, level, Path(cfg.output), cfg.threads, log), search.max_drop)
+        log(f"search: level {level} ({i + 1}/{len(search.levels)})")
+        trial = _trial(plan, level, cfg, search, log)
         trials.append(trial)
         if trial["status"] == "failed":
             break
-        within = trial["status"] == "within budget"
-        log(f"search: {trial['stage']}: dev {trial['dev_accuracy']:.4f} ({-trial['dev_drop_points']:+.2f} pts vs "
-            f"{plan.ref})" + ("" if within else f": over --max-drop {search.max_drop:g}, stronger levels not tried"))
         branch = plan.branch(level)
+        within = trial["status"] == "within budget"
+        if not within and search.augment and time.perf_counter() - t0 <= search.time_budget_s:
+            log(f"search: level {level} again, its recovery with {search.augment} augmented cop"
+                f"{'y' if search.augment == 1 else 'ies'} of the train split")
+            retry = {**_trial(plan, level, cfg, search, log, search.augment), "recovery": f"augment {search.augment}"}
+            trials.append(retry)
+            if retry["status"] == "within budget":
+                within, branch = True, branch[:2] + plan.branch(level, search.augment)[1:]
+        if not within:
+            log(f"search: over --max-drop {search.max_drop:g}, stronger levels not tried")
         kept += branch if within else branch[:2]  # an over-budget level is reported, not exported
         if not within:
             over.append(level)
     return trials, kept
+
+
+def _trial(plan: Plan, level: dict, cfg: BenchConfig, search: SearchConfig, log, augment: int = 0) -> dict:
+    trial = judge(plan, level, probe(plan, level, Path(cfg.output), cfg.threads, log, augment), search.max_drop)
+    if trial["status"] != "failed":
+        log(f"search: {trial['stage']}: dev {trial['dev_accuracy']:.4f} ({-trial['dev_drop_points']:+.2f} pts vs "
+            f"{plan.ref})")
+    return trial
 
 
 def _fmt_level(level: dict) -> str:
@@ -241,7 +270,7 @@ def markdown(record: dict) -> list[str]:
              f"{record.get('runner', 'in process')}).", "",
              "| level | recovered stage | dev accuracy | Δ dev (pts) | status |", "|---|---|---|---|---|"]
     for t in record["trials"]:
-        lvl = _fmt_level(t["level"])
+        lvl = _fmt_level(t["level"]) + (f" ({t['recovery']})" if t.get("recovery") else "")
         d = t.get("dev_drop_points")
         lines.append(f"| {lvl} | {t.get('stage', '—')} | "
                      + (f"{t['dev_accuracy']:.4f} | {-d:+.2f}" if d is not None else "— | —")

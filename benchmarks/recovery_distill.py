@@ -9,7 +9,7 @@ recovery's. Prints each recovered model's dev accuracy against the reference's, 
 judges it, and the recovery's wall time.
 
 >>> python benchmarks/recovery_distill.py OUT --level heads=0.5 ffn=0.6 layers=0.1667 \\
-...     --variant '{}' '{"augment": {"copies": 1}}' '{"hidden": 10}'
+...     --variant '{}' '{"augment": {"copies": 1}}' '{"hidden": 10}' [--task subj]
 """
 from __future__ import annotations
 
@@ -35,7 +35,7 @@ def _variant(text: str) -> dict:
     return v
 
 
-def run(output: Path, level_items: list[str], variants: list[str], threads: int = 2) -> int:
+def run(output: Path, level_items: list[str], variants: list[str], threads: int = 2, task: str | None = None) -> int:
     if not (output / "results.json").is_file():
         print(f"error: {output} holds no results.json; give the --output of a finished python -m bench run "
               "(its cache is what this reuses)", file=sys.stderr)
@@ -55,12 +55,19 @@ def run(output: Path, level_items: list[str], variants: list[str], threads: int 
     import bench.search as S
     from bench.__main__ import build_config, parser
 
-    cfg = build_config(parser().parse_args(["--output", str(output), "--threads", str(threads)]))
-    plan, rows = S.plan_of(cfg), []
+    from chain.errors import ChainpressError
+
+    try:
+        cfg = build_config(parser().parse_args(["--output", str(output), "--threads", str(threads)]
+                                               + (["--task", task] if task else [])))
+        plan, rows = S.plan_of(cfg), []
+    except ChainpressError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     base_branch = plan.branch
     for text, var in zip(variants, parsed):
-        def branch(lv, var=var):
-            b = base_branch(lv)
+        def branch(lv, augment=0, var=var):
+            b = base_branch(lv, augment)
             rec = {**b[1]["config"]}
             patch = {k: v for k, v in var.items() if k != "epochs"}
             rec["distill"] = {**rec["distill"], **patch}
@@ -88,8 +95,9 @@ def main(argv=None) -> int:
     p.add_argument("--level", nargs="+", default=DEFAULT_LEVEL)
     p.add_argument("--variant", nargs="+", default=["{}"])
     p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--task", help="the built-in task the bench run was made with (--task of python -m bench)")
     a = p.parse_args(argv)
-    return run(a.output, a.level, a.variant, a.threads)
+    return run(a.output, a.level, a.variant, a.threads, a.task)
 
 
 if __name__ == "__main__":
