@@ -15,7 +15,7 @@ import os
 import sys
 from pathlib import Path
 
-from chain.cli import add_common, default_threads, guarded, nonnegative_int, positive_int, quiet_libraries, version
+from chain.cli import add_common, default_threads, guarded, nonnegative_float, positive_int, quiet_libraries, version
 
 
 def parser(prog: str = "python -m bench") -> argparse.ArgumentParser:
@@ -43,11 +43,12 @@ def parser(prog: str = "python -m bench") -> argparse.ArgumentParser:
                    "distilled recovery, while the dev accuracy stays within --max-drop; then time every level kept")
     p.add_argument("--max-drop", type=float, default=1.0, metavar="POINTS",
                    help="dev accuracy points the picked output may lose vs the reference (default 1.0)")
-    p.add_argument("--time-budget", type=float, default=2700.0, metavar="SECONDS",
-                   help="--search starts no new level after this many seconds (default 2700)")
-    p.add_argument("--augment-retry", type=nonnegative_int, default=None, metavar="COPIES",
-                   help="--search retries a level over budget once, its recovery also trained on COPIES "
-                   "teacher-labelled edited copies of the train split (default 0: no retry)")
+    p.add_argument("--time-budget", type=float, default=None, metavar="SECONDS",
+                   help="--search starts no level that would end after this many seconds of walking, judged by "
+                   "the last level's time (default 1800; the timing after the walk takes 10-15 min more)")
+    p.add_argument("--retry-epochs", type=nonnegative_float, default=None, metavar="EPOCHS",
+                   help="--search retries a level over budget once, its recovery trained EPOCHS epochs "
+                   "(default 4, twice the default chain's; 0: no retry)")
     p.add_argument("--ray", metavar="ADDRESS", help="--search runs each level as a Ray Tune trial of --threads "
                    "CPUs: 'local' (a Ray started here), 'auto' or ray://host:10001 (--output on shared storage)")
     p.add_argument("--isolation", choices=("process", "inprocess"),
@@ -110,12 +111,12 @@ def main(argv=None, prog: str = "python -m bench") -> int:
         if a.search:
             from .search import SearchConfig
 
-            search = SearchConfig(max_drop=a.max_drop, time_budget_s=a.time_budget, ray=a.ray,
-                                  **({} if a.augment_retry is None else {"augment": a.augment_retry}))
-        elif a.time_budget != 2700.0:
+            given = {"time_budget_s": a.time_budget, "retry_epochs": a.retry_epochs}
+            search = SearchConfig(max_drop=a.max_drop, ray=a.ray, **{k: v for k, v in given.items() if v is not None})
+        elif a.time_budget is not None:
             raise SpecError("--time-budget bounds --search; add --search or drop it")
-        elif a.augment_retry is not None:
-            raise SpecError("--augment-retry is part of --search; add --search or drop it")
+        elif a.retry_epochs is not None:
+            raise SpecError("--retry-epochs is part of --search; add --search or drop it")
         elif a.ray:
             raise SpecError("--ray runs --search's trials on Ray Tune; add --search or drop it")
         if not a.max_drop >= 0:

@@ -62,16 +62,20 @@ def dominates(level: dict, other: dict) -> bool:
 @dataclass
 class SearchConfig:
     max_drop: float = 1.0  # accuracy points on dev the recovered model may lose vs the reference
-    time_budget_s: float = 2700.0  # no new level starts after this many seconds
+    # no level starts unless it fits, judged by the last one's time; the timing after the walk
+    # takes 10-15 min more on 2 vCPUs, so the whole search stays within about 45 min
+    time_budget_s: float = 1800.0
     levels: list[dict] = field(default_factory=lambda: [dict(x) for x in LADDER])
     ray: str | None = None  # a Ray address (local, auto, ray://host:10001): every level a Ray Tune trial
-    # A level over budget is retried once with this many teacher-labelled edited copies of
-    # the train split in its recovery (finetune.distill.augment; 0: no retry)
-    augment: int = 0
+    # A level over budget is retried once with its recovery trained this many epochs (0: no
+    # retry). The default chain's recovery runs 2; 4 brought one dropped layer on SST-2 from
+    # dev -1.83 to +0.46 and Subj's 0.5/0.6 from -1.40 to -0.50 (docs/results/recovery-2026-12-07.md)
+    retry_epochs: float = 4.0
 
     def __post_init__(self) -> None:
-        if isinstance(self.augment, bool) or not isinstance(self.augment, int) or self.augment < 0:
-            raise SpecError(f"--augment-retry must be a whole number of copies >= 0, got {self.augment!r}")
+        e = self.retry_epochs
+        if isinstance(e, bool) or not isinstance(e, (int, float)) or not 0 <= e < float("inf"):
+            raise SpecError(f"--retry-epochs must be a number of epochs >= 0 (0: no retry), got {e!r}")
         if not self.max_drop >= 0:
             raise SpecError(f"--max-drop must be >= 0 accuracy points, got {self.max_drop}")
         if not self.time_budget_s > 0:
@@ -92,12 +96,12 @@ def _suffix(level: dict) -> str:
     return "-" + "-".join(f"{k[0]}{round(100 * v)}" for k, v in sorted(level.items()) if v)
 
 
-def level_stages(template: list[dict], level: dict, default: dict, augment: int = 0) -> list[dict]:
+def level_stages(template: list[dict], level: dict, default: dict, epochs: float = 0) -> list[dict]:
     """The branch for one level: its prune config, renamed unless it is the default's. With
-    ``augment`` the recovery (the stage built on the pruned one) trains on that many edited
-    copies too, and it and its exports are named ``-augN``; the pruned stage is shared."""
+    ``epochs`` the recovery (the stage built on the pruned one) trains that many epochs, and it
+    and its exports are named ``-eN``; the pruned stage is shared."""
     sfx = "" if level == default else _suffix(level)
-    aug = f"-aug{augment}" if augment else ""
+    aug = f"-e{epochs:g}" if epochs else ""
     names = {st["name"] for st in template}
 
     def rename(n):
@@ -110,11 +114,8 @@ def level_stages(template: list[dict], level: dict, default: dict, augment: int 
         st["name"], st["parent"] = rename(st["name"]), rename(st.get("parent"))
         if st["name"].startswith(BRANCH_ROOT):
             st["config"] = {**(st.get("config") or {}), **level}
-        elif recovery and augment:
-            cfg = st.get("config") or {}
-            if not cfg.get("distill"):
-                raise SpecError(f"--augment-retry needs a distilled recovery; {st['name']} has no distill teacher")
-            st["config"] = {**cfg, "distill": {**cfg["distill"], "augment": {"copies": augment}}}
+        elif recovery and epochs:
+            st["config"] = {**(st.get("config") or {}), "epochs": epochs}
         out.append(st)
     return out
 
@@ -133,8 +134,15 @@ class Plan:
     def ref_stage(self) -> dict:
         return next(st for st in self.others if st["name"] == self.ref)
 
-    def branch(self, level: dict, augment: int = 0) -> list[dict]:
-        return level_stages(self.template, level, self.default, augment)
+    @property
+    def recovery_epochs(self) -> float:
+        """The epochs of the template's recovery (the stage built on the pruned one)."""
+        rec = next((st for st in self.template if st.get("parent") == BRANCH_ROOT), {})
+        default = ((self.raw.get("defaults") or {}).get("finetune") or {}).get("epochs", 3.0)
+        return float((rec.get("config") or {}).get("epochs", default))
+
+    def branch(self, level: dict, epochs: float = 0) -> list[dict]:
+        return level_stages(self.template, level, self.default, epochs)
 
 
 def plan_of(cfg: BenchConfig) -> Plan:
@@ -158,10 +166,10 @@ def refusal(plan: Plan, level: dict) -> str:
     return f"{refused[0][0]} is {refused[0][3]}" if refused else ""
 
 
-def probe(plan: Plan, level: dict, output: Path, threads: int, log=print, augment: int = 0) -> dict:
+def probe(plan: Plan, level: dict, output: Path, threads: int, log=print, epochs: float = 0) -> dict:
     """Prune + recovery of one level after the reference, run (or found cached) in ``output``:
     -> {stage, dev accuracy of the reference and of the recovered model, artifacts, reason}."""
-    branch = plan.branch(level, augment)
+    branch = plan.branch(level, epochs)
     recovered = next(st["name"] for st in branch if st.get("parent") == branch[0]["name"])
     spec, refused = drop_unsupported(parse_spec({**plan.raw, "stages": [plan.ref_stage] + branch[:2]}, plan.base))
     if refused:
@@ -193,6 +201,7 @@ def _walk(cfg: BenchConfig, search: SearchConfig, plan: Plan, log) -> tuple[list
     """In this process, mild to aggressive; a level at least as strong as one over budget is
     passed over (``dominates``), every other level runs while the time budget lasts."""
     t0, trials, kept, over = time.perf_counter(), [], [], []
+    last = 0.0  # seconds the last trial took: a level does not start unless one as long still fits
     for i, level in enumerate(search.levels):
         why = refusal(plan, level)
         if why:  # a level this architecture cannot take is said and passed over, never fatal
@@ -204,24 +213,31 @@ def _walk(cfg: BenchConfig, search: SearchConfig, plan: Plan, log) -> tuple[list
                            "reason": f"at least as strong as {_fmt_level(worse)}, over budget"})
             continue
         spent = time.perf_counter() - t0
-        if any("stage" in t for t in trials) and spent > search.time_budget_s:  # the first level always runs
-            trials.append({"level": level, "status": "not tried",
-                           "reason": f"--time-budget {search.time_budget_s:g} s spent ({spent:.0f} s)"})
+        if any("stage" in t for t in trials) and spent + last > search.time_budget_s:  # the first always runs
+            trials.append({"level": level, "status": "not tried", "reason": _no_time(search, spent, last)})
             continue
         log(f"search: level {level} ({i + 1}/{len(search.levels)})")
+        start = time.perf_counter()
         trial = _trial(plan, level, cfg, search, log)
+        last = time.perf_counter() - start
         trials.append(trial)
         if trial["status"] == "failed":
             break
         branch = plan.branch(level)
         within = trial["status"] == "within budget"
-        if not within and search.augment and time.perf_counter() - t0 <= search.time_budget_s:
-            log(f"search: level {level} again, its recovery with {search.augment} augmented cop"
-                f"{'y' if search.augment == 1 else 'ies'} of the train split")
-            retry = {**_trial(plan, level, cfg, search, log, search.augment), "recovery": f"augment {search.augment}"}
+        e, spent = search.retry_epochs, time.perf_counter() - t0
+        longer = last * e / max(plan.recovery_epochs, 1e-9)  # the pruned model is cached by then
+        if not within and e and spent + longer > search.time_budget_s:
+            trials.append({"level": level, "status": "not tried", "recovery": f"{e:g} epochs",
+                           "reason": _no_time(search, spent, longer, "the longer recovery would take about")})
+        elif not within and e:
+            log(f"search: level {level} again, its recovery trained {e:g} epochs")
+            start = time.perf_counter()
+            retry = {**_trial(plan, level, cfg, search, log, e), "recovery": f"{e:g} epochs"}
+            last = time.perf_counter() - start
             trials.append(retry)
             if retry["status"] == "within budget":
-                within, branch = True, branch[:2] + plan.branch(level, search.augment)[1:]
+                within, branch = True, branch[:2] + plan.branch(level, e)[1:]
         if not within:
             log(f"search: over --max-drop {search.max_drop:g}, stronger levels not tried")
         kept += branch if within else branch[:2]  # an over-budget level is reported, not exported
@@ -230,8 +246,12 @@ def _walk(cfg: BenchConfig, search: SearchConfig, plan: Plan, log) -> tuple[list
     return trials, kept
 
 
-def _trial(plan: Plan, level: dict, cfg: BenchConfig, search: SearchConfig, log, augment: int = 0) -> dict:
-    trial = judge(plan, level, probe(plan, level, Path(cfg.output), cfg.threads, log, augment), search.max_drop)
+def _no_time(search: SearchConfig, spent: float, needs: float, what: str = "the last trial took") -> str:
+    return f"--time-budget {search.time_budget_s:g} s: {spent:.0f} s spent, {what} {needs:.0f} s"
+
+
+def _trial(plan: Plan, level: dict, cfg: BenchConfig, search: SearchConfig, log, epochs: float = 0) -> dict:
+    trial = judge(plan, level, probe(plan, level, Path(cfg.output), cfg.threads, log, epochs), search.max_drop)
     if trial["status"] != "failed":
         log(f"search: {trial['stage']}: dev {trial['dev_accuracy']:.4f} ({-trial['dev_drop_points']:+.2f} pts vs "
             f"{plan.ref})")

@@ -5,8 +5,10 @@ recovery) in an existing bench output folder, once per ``--variant``, reusing it
 fine-tuned reference and the pruned model are not rebuilt, and a variant already run is not
 retrained. A variant is a JSON object of ``finetune.distill`` fields merged into the default
 recovery's (``{}`` is the default chain's recovery itself), plus optionally ``"epochs"``, the
-recovery's. Prints each recovered model's dev accuracy against the reference's, as the search
-judges it, and the recovery's wall time.
+recovery's; ``{"epochs": N}`` alone is the search's ``--retry-epochs N`` (its stage names, so a
+later search reuses what this trained). Prints each recovered model's dev accuracy
+against the reference's, as the search judges it, and the recovery's wall time. The bench run's
+results.json and report.md are left as they were.
 
 >>> python benchmarks/recovery_distill.py OUT --level heads=0.5 ffn=0.6 layers=0.1667 \\
 ...     --variant '{}' '{"augment": {"copies": 1}}' '{"hidden": 10}' [--task subj]
@@ -14,6 +16,7 @@ judges it, and the recovery's wall time.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import sys
 import time
@@ -33,6 +36,16 @@ def _variant(text: str) -> dict:
     if not isinstance(v, dict):
         raise ValueError(text)
     return v
+
+
+@contextlib.contextmanager
+def _kept(output: Path):
+    saved = {p: p.read_bytes() for p in (output / "results.json", output / "report.md") if p.is_file()}
+    try:
+        yield
+    finally:
+        for p, data in saved.items():
+            p.write_bytes(data)
 
 
 def run(output: Path, level_items: list[str], variants: list[str], threads: int = 2, task: str | None = None) -> int:
@@ -67,6 +80,8 @@ def run(output: Path, level_items: list[str], variants: list[str], threads: int 
     base_branch = plan.branch
     for text, var in zip(variants, parsed):
         def branch(lv, augment=0, var=var):
+            if set(var) == {"epochs"}:  # the search's own retry (--retry-epochs): its stage names,
+                return base_branch(lv, var["epochs"])  # so a later search reuses what this trained
             b = base_branch(lv, augment)
             rec = {**b[1]["config"]}
             patch = {k: v for k, v in var.items() if k != "epochs"}
@@ -77,7 +92,8 @@ def run(output: Path, level_items: list[str], variants: list[str], threads: int 
             return b
         plan.branch = branch
         t0 = time.perf_counter()
-        trial = S.judge(plan, level, S.probe(plan, level, output, threads, log=lambda *_: None), 1.0)
+        with _kept(output):  # the probe's chain run would overwrite the bench run's report
+            trial = S.judge(plan, level, S.probe(plan, level, output, threads, log=lambda *_: None), 1.0)
         rows.append({"variant": text, **trial, "wall_s": round(time.perf_counter() - t0, 1)})
         print(json.dumps(rows[-1]), flush=True)
     print("\n| variant | dev accuracy | Δ dev vs reference (pts) | wall s (cached: ~0) |\n|---|---|---|---|")

@@ -54,6 +54,16 @@ def nonnegative_int(text: str) -> int:
     return _int_at_least(text, 0)
 
 
+def nonnegative_float(text: str) -> float:
+    try:
+        v = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not 0 <= v < float("inf"):
+        raise argparse.ArgumentTypeError(f"must be a finite number >= 0, got {text}")
+    return v
+
+
 def add_common(p: argparse.ArgumentParser, output: bool = False, output_default: str | None = None,
                output_help: str = "output directory", threads: bool = False, remote_code: bool = False) -> None:
     """Add the shared flags a command uses; each keeps its meaning across commands."""

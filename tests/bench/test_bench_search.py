@@ -124,7 +124,7 @@ def test_a_level_the_architecture_refuses_is_passed_over(tmp_path, monkeypatch):
     assert search_mod.refusal(plan, {"heads": 0.5, "ffn": 0.6}) == ""
     probed = []
 
-    def fake_probe(plan, level, output, threads, log=print, augment=0):
+    def fake_probe(plan, level, output, threads, log=print, epochs=0):
         probed.append(level)
         acc = {plan.ref: 0.9, "recovered": 0.9}
         return {"stage": "recovered", "accuracy": acc, "reason": "", "artifacts": {}}
@@ -149,13 +149,13 @@ def test_an_over_budget_level_rules_out_only_the_levels_at_least_as_strong(tmp_p
                            {"heads": 0.5, "ffn": 0.6, "layers": 1 / 3})
     probed = []
 
-    def fake_probe(plan, level, output, threads, log=print, augment=0):
+    def fake_probe(plan, level, output, threads, log=print, epochs=0):
         probed.append(level)
         name = "recovered" + search_mod._suffix(level)
         return {"stage": name, "accuracy": {plan.ref: 0.9, name: 0.85 if level.get("layers") else 0.895},
                 "reason": "", "artifacts": {}}
     monkeypatch.setattr(search_mod, "probe", fake_probe)
-    search = SearchConfig(max_drop=1.0, time_budget_s=3600, levels=[layer, ffn, layers2])
+    search = SearchConfig(max_drop=1.0, time_budget_s=3600, levels=[layer, ffn, layers2], retry_epochs=0)
     trials, kept = search_mod._walk(build_config(a), search, plan, log=lambda *_: None)
     assert [t["status"] for t in trials] == ["over budget", "within budget", "not tried"]
     assert probed == [layer, ffn]
@@ -166,60 +166,91 @@ def test_an_over_budget_level_rules_out_only_the_levels_at_least_as_strong(tmp_p
     assert search_mod.dominates(layers2, layer) and not search_mod.dominates(ffn, layer)
 
 
-def test_level_stages_with_augment_retrain_only_the_recovery(tmp_path):
+def test_level_stages_with_epochs_retrain_only_the_recovery(tmp_path):
     a = parser().parse_args(["--quick", "--no-peers", "--output", str(tmp_path)])
     template = _branch(bench_raw(build_config(a))[0]["stages"])
     default = {"heads": 0.5, "ffn": 0.6}
     level = {"heads": 0.5, "ffn": 0.6, "layers": 1 / 6}
-    plain, aug = level_stages(template, level, default), level_stages(template, level, default, augment=2)
-    assert aug[0] == plain[0]  # the pruned model is shared (and cached)
-    assert aug[1]["name"] == "recovered-f60-h50-l17-aug2" and aug[1]["parent"] == "pruned-f60-h50-l17"
-    assert aug[1]["config"]["distill"] == {"teacher": "finetune", "augment": {"copies": 2}}
-    assert plain[1]["config"]["distill"] == {"teacher": "finetune"}  # the template is not changed
-    assert [s["name"] for s in aug[2:]] == [s["name"].replace("-l17", "-l17-aug2", 1) for s in plain[2:]]
-    assert level_stages(template, default, default, augment=1)[1]["name"] == "recovered-aug1"
-    with pytest.raises(SpecError, match="augment-retry"):
-        SearchConfig(augment=-1)
+    plain, longer = level_stages(template, level, default), level_stages(template, level, default, epochs=4)
+    assert longer[0] == plain[0]  # the pruned model is shared (and cached)
+    assert longer[1]["name"] == "recovered-f60-h50-l17-e4" and longer[1]["parent"] == "pruned-f60-h50-l17"
+    assert longer[1]["config"]["epochs"] == 4 and longer[1]["config"]["distill"] == {"teacher": "finetune"}
+    assert plain[1]["config"].get("epochs") != 4  # the template is not changed
+    assert [s["name"] for s in longer[2:]] == [s["name"].replace("-l17", "-l17-e4", 1) for s in plain[2:]]
+    assert level_stages(template, default, default, epochs=2.5)[1]["name"] == "recovered-e2.5"
+    import bench.search as search_mod
+
+    assert search_mod.plan_of(build_config(a)).recovery_epochs == 1.0  # --quick: every fine-tune 1 epoch
+    full = parser().parse_args(["--output", str(tmp_path)])
+    assert search_mod.plan_of(build_config(full)).recovery_epochs == 2.0
+    for bad in (-1, float("inf"), True):
+        with pytest.raises(SpecError, match="retry-epochs"):
+            SearchConfig(retry_epochs=bad)
 
 
-@pytest.mark.parametrize("aug_drop,statuses", [(0.5, ["over budget", "within budget", "within budget"]),
-                                               (1.5, ["over budget", "over budget", "not tried"])])
-def test_an_over_budget_level_is_retried_with_augmented_recovery(tmp_path, monkeypatch, aug_drop, statuses):
-    """Within budget on the retry, the level is exported from the augmented recovery and the
-    stronger levels stay in play; over budget again, it rules them out as before."""
+def _retry_walk(tmp_path, monkeypatch, drops: dict, levels, **search_kw):
+    """The walk with a fake probe: ``drops[(level index, epochs)]`` dev points lost."""
     import bench.search as search_mod
 
     a = parser().parse_args(["--quick", "--no-peers", "--output", str(tmp_path / "out")])
     plan = search_mod.plan_of(build_config(a))
-    layer, layers2 = {"heads": 0.5, "ffn": 0.6, "layers": 1 / 6}, {"heads": 0.5, "ffn": 0.6, "layers": 1 / 3}
     probed = []
 
-    def fake_probe(plan, level, output, threads, log=print, augment=0):
-        probed.append((level, augment))
-        name = "recovered" + search_mod._suffix(level) + (f"-aug{augment}" if augment else "")
-        drop = (aug_drop if augment else 1.5) if level == layer else 0.8
+    def fake_probe(plan, level, output, threads, log=print, epochs=0):
+        probed.append((levels.index(level), epochs))
+        name = "recovered" + search_mod._suffix(level) + (f"-e{epochs:g}" if epochs else "")
+        drop = drops[(levels.index(level), epochs)]
         return {"stage": name, "accuracy": {plan.ref: 0.9, name: 0.9 - drop / 100}, "reason": "", "artifacts": {}}
     monkeypatch.setattr(search_mod, "probe", fake_probe)
-    search = SearchConfig(max_drop=1.0, time_budget_s=3600, levels=[layer, layers2], augment=1)
+    search = SearchConfig(max_drop=1.0, levels=levels, **search_kw)
     trials, kept = search_mod._walk(build_config(a), search, plan, log=lambda *_: None)
+    return trials, [s["name"] for s in kept], probed
+
+
+LAYER, LAYERS2 = {"heads": 0.5, "ffn": 0.6, "layers": 1 / 6}, {"heads": 0.5, "ffn": 0.6, "layers": 1 / 3}
+
+
+@pytest.mark.parametrize("retry_drop,statuses", [(0.5, ["over budget", "within budget", "within budget"]),
+                                                 (1.5, ["over budget", "over budget", "not tried"])])
+def test_an_over_budget_level_is_retried_with_a_longer_recovery(tmp_path, monkeypatch, retry_drop, statuses):
+    """Within budget on the retry, the level is exported from the longer recovery and the
+    stronger levels stay in play; over budget again, it rules them out as before."""
+    import bench.search as search_mod
+
+    trials, names, probed = _retry_walk(tmp_path, monkeypatch, {(0, 0): 1.5, (0, 4.0): retry_drop, (1, 0): 0.8},
+                                        [LAYER, LAYERS2], time_budget_s=3600)
     assert [t["status"] for t in trials] == statuses
-    assert trials[1]["recovery"] == "augment 1" and trials[1]["stage"] == "recovered-f60-h50-l17-aug1"
-    names = [s["name"] for s in kept]
+    assert trials[1]["recovery"] == "4 epochs" and trials[1]["stage"] == "recovered-f60-h50-l17-e4"
     assert names.count("pruned-f60-h50-l17") == 1 and "recovered-f60-h50-l17" in names  # reported
-    assert ("recovered-f60-h50-l17-aug1-onnx-int8" in names) == (aug_drop < 1)
+    assert ("recovered-f60-h50-l17-e4-onnx-int8" in names) == (retry_drop < 1)
     assert not any(n.startswith("recovered-f60-h50-l17-onnx") for n in names)  # over budget: not exported
-    assert probed[:2] == [(layer, 0), (layer, 1)]
-    if aug_drop < 1:  # the stronger level ran, and its own retry was not needed
-        assert probed[2:] == [(layers2, 0)]
+    assert probed == ([(0, 0), (0, 4.0), (1, 0)] if retry_drop < 1 else [(0, 0), (0, 4.0)])
     md = "\n".join(search_mod.markdown({"max_drop_points": 1.0, "time_budget_s": 3600, "wall_time_s": 1,
                                         "trials": trials}))
-    assert "layers 0.167 (augment 1)" in md
+    assert "layers 0.167 (4 epochs)" in md
 
 
-def test_augment_retry_is_a_search_flag(tmp_path, capsys):
+def test_no_retry_and_no_level_starts_that_would_not_fit_the_time_budget(tmp_path, monkeypatch):
+    import time
+
+    import bench.search as search_mod
+
+    real = search_mod.probe
+    monkeypatch.setattr(search_mod, "probe", lambda *a, **k: (time.sleep(0.2), real(*a, **k))[1])
+    # retry off: the over-budget level rules out the stronger one, nothing else runs
+    trials, _, probed = _retry_walk(tmp_path, monkeypatch, {(0, 0): 1.5}, [LAYER, LAYERS2], retry_epochs=0)
+    assert [t["status"] for t in trials] == ["over budget", "not tried"] and probed == [(0, 0)]
+    # a budget the first trial alone uses up: its retry (about twice as long) is not started
+    trials, _, probed = _retry_walk(tmp_path, monkeypatch, {(0, 0): 1.5}, [LAYER, LAYERS2], time_budget_s=0.001)
+    assert probed == [(0, 0)] and trials[1]["status"] == "not tried" and trials[1]["recovery"] == "4 epochs"
+    assert "the longer recovery would take" in trials[1]["reason"]
+
+
+def test_retry_epochs_and_time_budget_are_search_flags(tmp_path, capsys):
     from bench.__main__ import main
 
-    assert main(["--augment-retry", "1", "--output", str(tmp_path / "o")]) == 2
-    assert "--search" in capsys.readouterr().err
+    for flag in ("--retry-epochs", "--time-budget"):
+        assert main([flag, "1", "--output", str(tmp_path / "o")]) == 2
+        assert "--search" in capsys.readouterr().err
     with pytest.raises(SystemExit):
-        parser().parse_args(["--search", "--augment-retry", "-1"])
+        parser().parse_args(["--search", "--retry-epochs", "-1"])
