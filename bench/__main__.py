@@ -111,7 +111,10 @@ def main(argv=None, prog: str = "python -m bench") -> int:
         if a.search:
             from .search import SearchConfig
 
-            given = {"time_budget_s": a.time_budget, "retry_epochs": a.retry_epochs}
+            if a.ray and a.retry_epochs:
+                raise SpecError("--retry-epochs retries levels in the in-process walk; with --ray every level is "
+                                "one trial, not retried: drop one of them")
+            given = {"time_budget_s": a.time_budget, "retry_epochs": 0 if a.ray else a.retry_epochs}
             search = SearchConfig(max_drop=a.max_drop, ray=a.ray, **{k: v for k, v in given.items() if v is not None})
         elif a.time_budget is not None:
             raise SpecError("--time-budget bounds --search; add --search or drop it")

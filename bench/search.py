@@ -11,8 +11,11 @@ dimensions: on an AVX-512 EPYC, stopping at the first level over budget (one lay
 left FFN 0.75, fewer FLOPs and within budget (dev -0.69), untried. Its batch-32 pick was
 1.85x the best peer then (2026-12-04), and 2.04x with this rule and 4-bit NNCF embeddings
 (2026-12-07, docs/results/bench-2026-12-07-avx512.md).
-The walk ends with the ladder, or once ``--time-budget`` seconds have passed (the first level
-always runs, and a level already started finishes). Each kept level then gets the default
+A level over budget is first retried once with a longer recovery (``--retry-epochs``, 4
+against the default chain's 2): on SST-2 one layer dropped went from dev -1.83 to +0.46 that
+way, on Subj 0.5/0.6 from -1.40 to -0.50 (docs/results/recovery-2026-12-07.md).
+The walk ends with the ladder, or when the next level (or retry) would not fit in
+``--time-budget``, judged by the time the last trial took (the first level always runs). Each kept level then gets the default
 chain's exports (ONNX, ONNX Runtime int8, OpenVINO int8), every row is timed in the normal
 bench run, and the best-per-workload pick chooses among them with the same dev budget.
 Trials are chain stages, so they are cached: a re-run, or a longer ``--time-budget`` after a

@@ -13,7 +13,9 @@ cannot see is reported as failed, with that reason.
 
 Unlike the in-process walk, every level is measured (a level does not wait for the one
 before it), so every level within ``--max-drop`` is kept. ``--time-budget`` keeps its
-meaning: a trial that would start after it reports "not tried" instead of running.
+meaning: a trial that would start after it reports "not tried" instead of running. A level
+over budget is not retried with a longer recovery here: ``--retry-epochs`` is the in-process
+walk's, and ``python -m bench`` refuses it with ``--ray``.
 """
 from __future__ import annotations
 

@@ -48,6 +48,18 @@ def _kept(output: Path):
             p.write_bytes(data)
 
 
+def _reported(result: dict, ref: str) -> dict:
+    """The accuracy each stage's chain run recorded on the chain's eval split (test in bench)."""
+    from chain.artifact import Artifact
+
+    out = {}
+    for name in (ref, result["stage"]):
+        path = result["artifacts"].get(name)
+        evals = Artifact.load(path).manifest.get("evaluations", {}) if path else {}
+        out[name] = next((e.get("accuracy") for e in evals.values()), None)
+    return out
+
+
 def run(output: Path, level_items: list[str], variants: list[str], threads: int = 2, task: str | None = None) -> int:
     if not (output / "results.json").is_file():
         print(f"error: {output} holds no results.json; give the --output of a finished python -m bench run "
@@ -93,15 +105,22 @@ def run(output: Path, level_items: list[str], variants: list[str], threads: int 
         plan.branch = branch
         t0 = time.perf_counter()
         with _kept(output):  # the probe's chain run would overwrite the bench run's report
-            trial = S.judge(plan, level, S.probe(plan, level, output, threads, log=lambda *_: None), 1.0)
-        rows.append({"variant": text, **trial, "wall_s": round(time.perf_counter() - t0, 1)})
+            result = S.probe(plan, level, output, threads, log=lambda *_: None)
+            trial = S.judge(plan, level, result, 1.0)
+        rows.append({"variant": text, **trial, "wall_s": round(time.perf_counter() - t0, 1),
+                     "reported": _reported(result, plan.ref)})
         print(json.dumps(rows[-1]), flush=True)
-    print("\n| variant | dev accuracy | Δ dev vs reference (pts) | wall s (cached: ~0) |\n|---|---|---|---|")
+    split = (plan.raw.get("eval") or {}).get("split", "test")
+    print(f"\n| variant | stage | dev accuracy | Δ dev (pts) | Δ {split} (pts, reported only) | wall s (cached: ~0) |"
+          "\n|---|---|---|---|---|---|")
     for r in rows:
         if r.get("status") == "failed":
-            print(f"| `{r['variant']}` | failed: {r.get('reason', '')} | | {r['wall_s']} |")
+            print(f"| `{r['variant']}` | failed: {r.get('reason', '')} | | | | {r['wall_s']} |")
         else:
-            print(f"| `{r['variant']}` | {r['dev_accuracy']:.4f} | {-r['dev_drop_points']:+.2f} | {r['wall_s']} |")
+            rep = r["reported"]
+            d = "—" if None in rep.values() else f"{100 * (rep[r['stage']] - rep[plan.ref]):+.2f}"
+            print(f"| `{r['variant']}` | {r['stage']} | {r['dev_accuracy']:.4f} | {-r['dev_drop_points']:+.2f} | "
+                  f"{d} | {r['wall_s']} |")
     return 0
 
 

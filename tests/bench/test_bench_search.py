@@ -254,3 +254,5 @@ def test_retry_epochs_and_time_budget_are_search_flags(tmp_path, capsys):
         assert "--search" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         parser().parse_args(["--search", "--retry-epochs", "-1"])
+    assert main(["--search", "--ray", "local", "--retry-epochs", "4", "--output", str(tmp_path / "o")]) == 2
+    assert "--ray" in capsys.readouterr().err
