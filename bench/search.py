@@ -15,9 +15,10 @@ A level over budget is first retried once with a longer recovery (``--retry-epoc
 against the default chain's 2): on SST-2 one layer dropped went from dev -1.83 to +0.46 that
 way, on Subj 0.5/0.6 from -1.40 to -0.50 (docs/results/recovery-2026-12-07.md).
 The walk ends with the ladder, or when the next level (or retry) would not fit in
-``--time-budget``, judged by the time the last trial took (the first level always runs). Each kept level then gets the default
-chain's exports (ONNX, ONNX Runtime int8, OpenVINO int8), every row is timed in the normal
-bench run, and the best-per-workload pick chooses among them with the same dev budget.
+``--time-budget``, judged by the time the last trial took (the first level always runs).
+Each kept level then gets the default chain's exports (ONNX, ONNX Runtime int8, OpenVINO
+int8), every row is timed in the normal bench run, and the best-per-workload pick chooses
+among them with the same dev budget.
 Trials are chain stages, so they are cached: a re-run, or a longer ``--time-budget`` after a
 short one, retrains nothing it has.
 
