@@ -91,10 +91,10 @@ def run(output: Path, level_items: list[str], variants: list[str], threads: int 
         return 2
     base_branch = plan.branch
     for text, var in zip(variants, parsed):
-        def branch(lv, augment=0, var=var):
+        def branch(lv, epochs=0, var=var):
             if set(var) == {"epochs"}:  # the search's own retry (--retry-epochs): its stage names,
                 return base_branch(lv, var["epochs"])  # so a later search reuses what this trained
-            b = base_branch(lv, augment)
+            b = base_branch(lv, epochs)
             rec = {**b[1]["config"]}
             patch = {k: v for k, v in var.items() if k != "epochs"}
             rec["distill"] = {**rec["distill"], **patch}

@@ -62,8 +62,8 @@ def _edit(words: list[str], edit: str, s: AugmentSettings, rng: random.Random, v
 
 def augment(texts: list[str], settings: AugmentSettings) -> list[str]:
     """``settings.copies`` edited versions of every text, copy by copy, seeded. An edit that
-    changes nothing (a one-word sentence cropped to itself) is followed by a replacement, so
-    no copy repeats its source verbatim unless the split has a single word type."""
+    changes nothing (a one-word sentence cropped to itself) is followed by a replacement, which
+    can still draw the word it replaces: a copy rarely repeats its source, but it may."""
     rng = random.Random(settings.seed)
     vocab = [w for t in texts for w in t.split()] or [""]  # with repeats: unigram sampling
     out = []

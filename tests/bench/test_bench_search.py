@@ -188,8 +188,10 @@ def test_level_stages_with_epochs_retrain_only_the_recovery(tmp_path):
             SearchConfig(retry_epochs=bad)
 
 
-def _retry_walk(tmp_path, monkeypatch, drops: dict, levels, **search_kw):
-    """The walk with a fake probe: ``drops[(level index, epochs)]`` dev points lost."""
+def _retry_walk(tmp_path, monkeypatch, drops: dict, levels, delay: float = 0.0, **search_kw):
+    """The walk with a fake probe that takes ``delay`` s: ``drops[(level index, epochs)]`` dev points lost."""
+    import time
+
     import bench.search as search_mod
 
     a = parser().parse_args(["--quick", "--no-peers", "--output", str(tmp_path / "out")])
@@ -198,6 +200,7 @@ def _retry_walk(tmp_path, monkeypatch, drops: dict, levels, **search_kw):
 
     def fake_probe(plan, level, output, threads, log=print, epochs=0):
         probed.append((levels.index(level), epochs))
+        time.sleep(delay)
         name = "recovered" + search_mod._suffix(level) + (f"-e{epochs:g}" if epochs else "")
         drop = drops[(levels.index(level), epochs)]
         return {"stage": name, "accuracy": {plan.ref: 0.9, name: 0.9 - drop / 100}, "reason": "", "artifacts": {}}
@@ -231,19 +234,19 @@ def test_an_over_budget_level_is_retried_with_a_longer_recovery(tmp_path, monkey
 
 
 def test_no_retry_and_no_level_starts_that_would_not_fit_the_time_budget(tmp_path, monkeypatch):
-    import time
-
-    import bench.search as search_mod
-
-    real = search_mod.probe
-    monkeypatch.setattr(search_mod, "probe", lambda *a, **k: (time.sleep(0.2), real(*a, **k))[1])
     # retry off: the over-budget level rules out the stronger one, nothing else runs
     trials, _, probed = _retry_walk(tmp_path, monkeypatch, {(0, 0): 1.5}, [LAYER, LAYERS2], retry_epochs=0)
     assert [t["status"] for t in trials] == ["over budget", "not tried"] and probed == [(0, 0)]
-    # a budget the first trial alone uses up: its retry (about twice as long) is not started
-    trials, _, probed = _retry_walk(tmp_path, monkeypatch, {(0, 0): 1.5}, [LAYER, LAYERS2], time_budget_s=0.001)
+    # a 0.1-s trial in a 0.3-s budget: its retry, judged 4x as long (--quick recovers 1 epoch), is not started
+    trials, _, probed = _retry_walk(tmp_path, monkeypatch, {(0, 0): 1.5}, [LAYER, LAYERS2], delay=0.1,
+                                    time_budget_s=0.3)
     assert probed == [(0, 0)] and trials[1]["status"] == "not tried" and trials[1]["recovery"] == "4 epochs"
     assert "the longer recovery would take" in trials[1]["reason"]
+    # within budget, the next level is judged by the last trial's time: 0.2 s fits, then 0.2 more does not
+    trials, _, probed = _retry_walk(tmp_path, monkeypatch, {(0, 0): 0.5, (1, 0): 0.5, (2, 0): 0.5},
+                                    [LAYER, LAYERS2, {"heads": 0.67, "ffn": 0.8}], delay=0.2, time_budget_s=0.5)
+    assert probed == [(0, 0), (1, 0)] and trials[2]["status"] == "not tried"
+    assert "the last trial took" in trials[2]["reason"]
 
 
 def test_retry_epochs_and_time_budget_are_search_flags(tmp_path, capsys):

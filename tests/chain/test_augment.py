@@ -12,16 +12,14 @@ TEXTS = ["a gripping , funny and moving film", "the plot is thin and the jokes f
          "one of the year 's best", "dull", "an uneven but often charming comedy about two brothers"]
 
 
-def test_copies_are_seeded_and_never_repeat_their_source():
+def test_copies_are_seeded_and_edited():
     s = AugmentSettings(copies=3, seed=1)
     out = augment(TEXTS, s)
     assert len(out) == 3 * len(TEXTS)
     assert out == augment(TEXTS, AugmentSettings(copies=3, seed=1))
     assert out != augment(TEXTS, AugmentSettings(copies=3, seed=2))
-    for i, new in enumerate(out):
-        src = TEXTS[i % len(TEXTS)]
-        if len(set(" ".join(TEXTS).split())) > 1:
-            assert new != src, (src, new)
+    # a one-word sentence cropped to itself is replaced instead; with seed 1 no copy repeats its source
+    assert all(new != TEXTS[i % len(TEXTS)] for i, new in enumerate(out))
 
 
 @pytest.mark.parametrize("edit", ["delete", "replace", "span"])
